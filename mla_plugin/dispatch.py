@@ -12,14 +12,154 @@ Interface used by ops.mla_decode after it has validated every argument:
     out         [T, H, 512]  bf16 / fp16, written in place
     lse         [T, H]       float32, written in place (natural log)
     kv_scale, q_scale: float, a 1-element float32 CUDA tensor, or None (1.0)
+
+Everything here is host-side arithmetic on shapes: no device synchronisation, and after the
+first call on a device no allocation, so a launch can be captured in a CUDA graph.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
+import torch
+
+from mla_plugin import build, configs
+
+V_DIM = 512
+ROWS_PER_CTA_CHOICES = (16, 32)
+# Tokens per KV tile of the kernel (csrc/config.cuh: DecodeConfig::TOKENS).
+TOKENS_PER_TILE = {"fp8": 64, "bf16": 32, "fp16": 32}
+SM90_RESERVED_SMEM_PER_CTA = 1024  # the driver keeps 1 KiB per CTA on sm_90+
+
+_DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float8_e4m3fn: "fp8"}
+
+
+def extension():
+    """The compiled kernels (built or loaded on first use)."""
+    return build.load_extension()
+
+
+@dataclass(frozen=True)
+class DeviceFacts:
+    name: str
+    sm_count: int
+    smem_per_sm: int
+
+
+_device_facts: dict[int, DeviceFacts] = {}
+_workspaces: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def device_facts(index: int) -> DeviceFacts:
+    facts = _device_facts.get(index)
+    if facts is None:
+        props = torch.cuda.get_device_properties(index)
+        smem = getattr(props, "shared_memory_per_multiprocessor", 0) or 228 * 1024
+        facts = DeviceFacts(props.name, props.multi_processor_count, smem)
+        _device_facts[index] = facts
+    return facts
+
+
+@dataclass(frozen=True)
+class Plan:
+    rows_per_cta: int
+    row_tiles: int
+    num_splits: int
+    target_ctas: int
+
+
+def ctas_per_sm(facts: DeviceFacts, smem_per_cta: int) -> int:
+    return max(1, facts.smem_per_sm // (smem_per_cta + SM90_RESERVED_SMEM_PER_CTA))
+
+
+def plan_launch(batch: int, rows_per_request: int, facts: DeviceFacts, smem_per_cta_of, tuning: dict,
+                max_seq_len: int | None) -> Plan:
+    """Rows per CTA and the split count. Splits only when batch x row tiles underfills the GPU,
+    and never into splits shorter than min_tokens_per_split (when max_seq_len is known)."""
+    rows_per_cta = ROWS_PER_CTA_CHOICES[0] if rows_per_request <= ROWS_PER_CTA_CHOICES[0] else ROWS_PER_CTA_CHOICES[1]
+    row_tiles = math.ceil(rows_per_request / rows_per_cta)
+    ctas = max(1, batch * row_tiles)
+    target = math.ceil(tuning["waves"] * facts.sm_count * ctas_per_sm(facts, smem_per_cta_of(rows_per_cta)))
+    splits = 1 if ctas >= target else math.ceil(target / ctas)
+    splits = min(splits, int(tuning["max_splits"]))
+    if max_seq_len:
+        splits = min(splits, max(1, math.ceil(max_seq_len / int(tuning["min_tokens_per_split"]))))
+    return Plan(rows_per_cta, row_tiles, max(1, splits), target)
+
+
+def workspace(device: torch.device, facts: DeviceFacts, tuning: dict, min_smem_per_cta: int):
+    """Per-device split workspace, sized once for the largest split grid plan_launch can make:
+    with splits = ceil(target / ctas), ctas * splits < target + ctas <= 2 * target."""
+    index = device.index
+    ws = _workspaces.get(index)
+    if ws is None:
+        max_target = math.ceil(tuning["waves"] * facts.sm_count * ctas_per_sm(facts, min_smem_per_cta))
+        rows = 2 * max_target * ROWS_PER_CTA_CHOICES[-1]
+        ws = (torch.empty(rows, V_DIM, dtype=torch.float32, device=device),
+              torch.empty(rows, dtype=torch.float32, device=device))
+        _workspaces[index] = ws
+    return ws
+
+
+def _scale(value, device: torch.device, name: str):
+    """(tensor or None, float) for a scale given as None, a number or a 1-element tensor."""
+    if value is None:
+        return None, 1.0
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"{name}: expected one element, got shape {tuple(value.shape)}")
+        if value.device != device:
+            raise ValueError(f"{name}: expected a tensor on {device}, got {value.device}")
+        return value.reshape(1).to(torch.float32), 1.0
+    return None, float(value)
+
 
 def launch(q_nope, q_pe, kv_cache, block_table, seq_lens, out, lse, *, softmax_scale,
            kv_scale=None, q_scale=None, query_len=1, causal=True, max_seq_len=None) -> None:
-    raise RuntimeError(
-        "mla_plugin: the CUDA decode kernel is not available in this build yet "
-        "(mla_plugin.dispatch.launch is a placeholder until the kernel lands)"
-    )
+    ext = extension()
+    device = q_nope.device
+    facts = device_facts(device.index)
+    tuning = configs.tuning_for(facts.name)
+    kv_name = _DTYPE_NAMES[kv_cache.dtype]
+    q_name = _DTYPE_NAMES[q_nope.dtype]
+    out_name = _DTYPE_NAMES[out.dtype]
+
+    def smem_of(rows: int) -> int:
+        return ext.smem_bytes(kv_name, q_name, out_name, rows)
+
+    batch = seq_lens.shape[0]
+    plan = plan_launch(batch, query_len * q_nope.shape[1], facts, smem_of, tuning, max_seq_len)
+    partial_out = partial_lse = None
+    splits = plan.num_splits
+    if splits > 1:
+        min_smem = min(smem_of(r) for r in ROWS_PER_CTA_CHOICES)
+        partial_out, partial_lse = workspace(device, facts, tuning, min_smem)
+        capacity_ctas = partial_lse.shape[0] // plan.rows_per_cta
+        splits = max(1, min(splits, capacity_ctas // max(1, batch * plan.row_tiles)))
+    kv_scale_t, kv_scale_v = _scale(kv_scale, device, "kv_scale")
+    q_scale_t, q_scale_v = _scale(q_scale, device, "q_scale")
+    ext.decode(q_nope, q_pe, kv_cache, block_table, seq_lens, out, lse, partial_out, partial_lse,
+               float(softmax_scale), kv_scale_t, kv_scale_v, q_scale_t, q_scale_v, int(query_len),
+               bool(causal), plan.rows_per_cta, splits)
+
+
+def mma_sync_peak_tflops(device=None, iterations: int = 2048, repeats: int = 5) -> float:
+    """Measured mma.sync m16n8k16 BF16 (fp32 accumulate) throughput of the device, TFLOP/s."""
+    ext = extension()
+    dev = torch.device("cuda", torch.cuda.current_device() if device is None else torch.device(device).index)
+    with torch.cuda.device(dev):
+        facts = device_facts(dev.index)
+        blocks = facts.sm_count * 8
+        sink = torch.empty(blocks * 256, dtype=torch.float32, device=dev)
+        ext.mma_peak(sink, blocks, iterations)  # warm-up
+        times = []
+        for _ in range(repeats):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            ext.mma_peak(sink, blocks, iterations)
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+        flops = blocks * 8 * iterations * 8 * 2 * 16 * 8 * 16
+        return flops / sorted(times)[len(times) // 2] / 1e12

@@ -77,6 +77,7 @@ def test_bf16_stored_lse_gets_its_rounding_allowance():
     stored = lse.to(torch.bfloat16)  # TRITON_MLA's lse is in q's dtype
     assert (stored.float() - lse).abs().max() > bench_check.BF16_TOLERANCE.lse_max_abs
     assert compare(out, lse, out, stored, bench_check.BF16_TOLERANCE, "TRITON_MLA").ok
+    assert compare(out, stored, out, lse, bench_check.BF16_TOLERANCE, "reference").ok
     assert not compare(out, lse, out, stored.float(), bench_check.BF16_TOLERANCE, "TRITON_MLA").ok
 
 

@@ -56,7 +56,8 @@ def load_ours() -> Callable:
     try:
         from mla_plugin.ops import mla_decode
     except ImportError as exc:
-        raise KernelUnavailable(f"our op cannot be imported (mla_plugin.ops.mla_decode): {exc}") from exc
+        raise KernelUnavailable(f"our op cannot be imported (mla_plugin.ops.mla_decode): {exc}; "
+                                "pass --no-ours to time TRITON_MLA alone") from exc
     return mla_decode
 
 

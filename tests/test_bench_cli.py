@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -155,12 +156,32 @@ def test_missing_triton_is_a_clear_refusal(cpu_device, monkeypatch, tmp_path, ca
     assert "fetch-triton-mla" in capsys.readouterr().err
 
 
-def test_missing_mma_helper_is_reported_not_fatal():
-    if not torch.cuda.is_available():
-        # measure_mma_peak imports before it touches the device: the helper is absent in this branch
-        result = bench_device.measure_mma_peak(None)
-        if result["mma_peak_tflops"] is None:
-            assert result["mma_peak_source"].startswith(("missing:", "failed:"))
-            assert "mma_sync_peak_tflops" in result["mma_peak_source"]
-            return
-    pytest.skip("the mma helper exists and a GPU is present: nothing missing to report")
+def _fake_dispatch(monkeypatch, **attributes):
+    module = types.ModuleType("mla_plugin.dispatch")
+    module.__dict__.update(attributes)
+    monkeypatch.setitem(sys.modules, "mla_plugin.dispatch", module)
+
+
+def test_missing_mma_helper_is_reported_not_fatal(monkeypatch):
+    _fake_dispatch(monkeypatch)  # a dispatch module without the helper
+    result = bench_device.measure_mma_peak(None)
+    assert result["mma_peak_tflops"] is None
+    assert result["mma_peak_source"].startswith("missing: mla_plugin.dispatch.mma_sync_peak_tflops")
+
+
+def test_failing_mma_helper_is_reported_not_fatal(monkeypatch):
+    def broken(device=None):
+        raise RuntimeError("ninja: build stopped")
+
+    _fake_dispatch(monkeypatch, mma_sync_peak_tflops=broken)
+    result = bench_device.measure_mma_peak(None)
+    assert result["mma_peak_tflops"] is None
+    assert "failed" in result["mma_peak_source"] and "ninja: build stopped" in result["mma_peak_source"]
+
+
+def test_mma_helper_value_is_used(monkeypatch):
+    seen = []
+    _fake_dispatch(monkeypatch, mma_sync_peak_tflops=lambda device=None: seen.append(device) or 656.5)
+    result = bench_device.measure_mma_peak("cuda:1")
+    assert result["mma_peak_tflops"] == 656.5 and seen == ["cuda:1"]
+    assert result["mma_peak_source"].startswith("measured")

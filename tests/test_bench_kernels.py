@@ -114,12 +114,25 @@ def _write_fake_peer(folder: Path, tag: str) -> None:
         f"TAG = {tag!r}\ndef decode_attention_fwd(*args, **kwargs):\n    return TAG\n")
 
 
+def _is_peer_module(name: str) -> bool:
+    return name in ("vllm", PEER) or name.startswith("vllm.")
+
+
+PEER = "triton_decode_attention"
+
+
 @pytest.fixture
 def clean_import_state(monkeypatch):
+    """Let the folder's kernel and vllm shim import fresh, and leave no shim module behind
+    for later tests that import the real vLLM."""
     monkeypatch.setattr(sys, "path", list(sys.path))
-    monkeypatch.delitem(sys.modules, "triton_decode_attention", raising=False)
-    for name in [m for m in sys.modules if m == "vllm" or m.startswith("vllm.")]:
-        monkeypatch.delitem(sys.modules, name)  # let the folder's shim (or the real vLLM) load fresh
+    saved = {name: module for name, module in sys.modules.items() if _is_peer_module(name)}
+    for name in saved:
+        del sys.modules[name]
+    yield
+    for name in [n for n in sys.modules if _is_peer_module(n)]:
+        del sys.modules[name]
+    sys.modules.update(saved)
 
 
 def test_triton_loads_from_the_fetched_folder(tmp_path, clean_import_state):

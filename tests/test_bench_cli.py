@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import bench_fakes
-from mla_plugin import bench, bench_device, bench_kernels
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_fakes sits beside the tests
+import bench_fakes  # noqa: E402
+from mla_plugin import bench, bench_device, bench_kernels  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-import bench_fakes
-from mla_plugin import bench_kernels
-from mla_plugin.bench_grid import Shape
-from mla_plugin.bench_inputs import make_inputs
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_fakes sits beside the tests
+import bench_fakes  # noqa: E402
+from mla_plugin import bench_kernels  # noqa: E402
+from mla_plugin.bench_grid import Shape  # noqa: E402
+from mla_plugin.bench_inputs import make_inputs  # noqa: E402
 
 SHARED_TOOL = Path(__file__).resolve().parents[1].parent / "shared" / "tools" / "fetch-triton-mla"
 

@@ -1,12 +1,16 @@
 """One shape through check-then-time, on the CPU with fake kernels and injected timings."""
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
-import bench_fakes
-from mla_plugin import bench_runner
-from mla_plugin.bench_grid import Shape
-from mla_plugin.bench_runner import Contenders, RunSettings, bench_shape
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_fakes sits beside the tests
+import bench_fakes  # noqa: E402
+from mla_plugin import bench_runner  # noqa: E402
+from mla_plugin.bench_grid import Shape  # noqa: E402
+from mla_plugin.bench_runner import Contenders, RunSettings, bench_shape  # noqa: E402
 
 SMALL = Shape(batch=2, heads=16, context=96, dtype="bf16", page_size=32)
 

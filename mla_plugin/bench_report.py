@@ -1,0 +1,194 @@
+"""The bench's outputs from its result rows: the text table, the summary, CSV, JSON and
+the PNG plot (pure Python; matplotlib is optional and only needed for the plot).
+
+A result row is a flat dict (see CSV_FIELDS); missing or None values print as '-'.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+
+from mla_plugin.bench_roofline import geomean
+
+# (header, row key, width, format spec, suffix) of the printed table; the shape is left-aligned
+TABLE_COLUMNS = [
+    ("shape", "label", 22, "", ""),
+    ("ours us", "ours_us", 9, ".1f", ""),
+    ("triton us", "triton_us", 9, ".1f", ""),
+    ("speed-up", "speedup", 8, ".2f", "x"),
+    ("GB/s", "ours_gbs", 7, ".0f", ""),
+    ("%copyBW", "ours_pct_copy_bw", 7, ".1f", ""),
+    ("TFLOP/s", "ours_tflops", 7, ".1f", ""),
+    ("%mma", "ours_pct_mma_peak", 6, ".1f", ""),
+    ("%roof", "ours_pct_roofline", 6, ".1f", ""),
+    ("status", "status", 0, "", ""),
+]
+
+CSV_FIELDS = [
+    "label", "batch", "heads", "context", "dtype", "page_size", "query_len", "status", "note",
+    "ours_us", "triton_us", "speedup",
+    "flops", "bytes", "memory_floor_us", "compute_floor_us", "bound",
+    "ours_gbs", "ours_pct_copy_bw", "ours_tflops", "ours_pct_mma_peak", "ours_pct_roofline",
+    "triton_gbs", "triton_pct_copy_bw", "triton_tflops", "triton_pct_mma_peak", "triton_pct_roofline",
+    "ours_vs_triton_max_abs", "ours_vs_triton_mean_rel", "ours_vs_triton_lse_max_abs",
+    "ours_vs_reference_max_abs", "ours_vs_reference_mean_rel", "ours_vs_reference_lse_max_abs",
+    "triton_vs_reference_max_abs", "triton_vs_reference_mean_rel", "triton_vs_reference_lse_max_abs",
+]
+
+
+def _cell(value, width: int, spec: str, suffix: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        text = "-"
+    else:
+        text = format(value, spec) + suffix
+    return text.rjust(width) if spec else text.ljust(width)
+
+
+def format_header() -> str:
+    cells = [header.rjust(width) if spec else header.ljust(width)
+             for header, _, width, spec, _ in TABLE_COLUMNS]
+    return "  ".join(cells).rstrip()
+
+
+def format_row(row: dict) -> str:
+    cells = [_cell(row.get(key), width, spec, suffix) for _, key, width, spec, suffix in TABLE_COLUMNS]
+    line = "  ".join(cells).rstrip()
+    if row.get("status") != "ok" and row.get("note"):
+        line += f"  ({row['note']})"
+    return line
+
+
+def format_table(rows: list[dict]) -> str:
+    return "\n".join([format_header()] + [format_row(r) for r in rows])
+
+
+def summarize(rows: list[dict]) -> dict:
+    """Geo-mean speed-up (TRITON_MLA time / ours) per KV dtype and overall, over the shapes
+    where both kernels were right and timed; also how many shapes ended how."""
+    timed = [r for r in rows if r.get("speedup") is not None]
+    dtypes = sorted({r["dtype"] for r in rows})
+    summary = {
+        "geomean_speedup": {d: geomean(r["speedup"] for r in timed if r["dtype"] == d) for d in dtypes},
+        "geomean_pct_roofline": {d: geomean(r["ours_pct_roofline"] for r in rows
+                                            if r["dtype"] == d and r.get("ours_pct_roofline"))
+                                 for d in dtypes},
+        "shapes": len(rows),
+        "status_counts": {},
+    }
+    summary["geomean_speedup"]["all"] = geomean(r["speedup"] for r in timed)
+    summary["geomean_pct_roofline"]["all"] = geomean(r["ours_pct_roofline"] for r in rows
+                                                     if r.get("ours_pct_roofline"))
+    for r in rows:
+        status = r.get("status", "?")
+        summary["status_counts"][status] = summary["status_counts"].get(status, 0) + 1
+    return summary
+
+
+def format_summary(summary: dict) -> str:
+    def fmt(value, suffix):
+        return "-" if value is None else f"{value:.2f}{suffix}"
+
+    lines = ["geo-mean speed-up over TRITON_MLA (shapes where both were right and timed):"]
+    for key, value in summary["geomean_speedup"].items():
+        lines.append(f"  {key:<5} {fmt(value, 'x')}")
+    lines.append("geo-mean % of roofline (ours):")
+    for key, value in summary["geomean_pct_roofline"].items():
+        lines.append(f"  {key:<5} {fmt(value, '%')}")
+    counts = ", ".join(f"{n} {status}" for status, n in sorted(summary["status_counts"].items()))
+    lines.append(f"shapes: {summary['shapes']} ({counts})")
+    return "\n".join(lines)
+
+
+def write_csv(rows: list[dict], path: str) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in CSV_FIELDS})
+
+
+def write_json(report: dict, path: str) -> None:
+    with open(path, "w") as f:
+        json.dump(_json_safe(report), f, indent=2, default=str, allow_nan=False)
+        f.write("\n")
+
+
+def _json_safe(value):
+    """Strict JSON has no NaN/Inf (a NaN-producing kernel's error is one): write them as strings."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def write_plot(rows: list[dict], path: str, title: str) -> tuple[bool, str]:
+    """Speed-up and % of roofline per shape as a PNG. Returns (written, message); never
+    raises for a missing matplotlib."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")  # no display on a GPU server
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False, "no plot: matplotlib is not installed (pip install matplotlib); CSV and JSON are written"
+    if not rows:
+        return False, "no plot: no results"
+
+    from matplotlib.patches import Patch
+    from matplotlib.ticker import FuncFormatter
+
+    labels = [r["label"] + ("" if r.get("status") == "ok" else f" [{r.get('status')}]") for r in rows]
+    x = list(range(len(rows)))
+    dtype_colors = {"bf16": "tab:blue", "fp8": "tab:orange"}
+    fig, (ax_speed, ax_roof) = plt.subplots(2, 1, sharex=True, figsize=(max(8.0, 0.16 * len(rows) + 3), 8))
+
+    # Bars from 1x on a log axis: up for faster than TRITON_MLA, down for slower.
+    timed = [i for i, r in enumerate(rows) if r.get("speedup")]
+    ax_speed.bar([x[i] for i in timed], [rows[i]["speedup"] - 1.0 for i in timed], bottom=1.0,
+                 color=[dtype_colors.get(rows[i]["dtype"], "tab:gray") for i in timed])
+    wrong = [i for i, r in enumerate(rows) if r.get("status") in ("wrong", "error", "triton-wrong")]
+    ax_speed.plot([x[i] for i in wrong], [1.0] * len(wrong), "x", color="red", markersize=8)
+    ax_speed.set_yscale("log")
+    times_x = FuncFormatter(lambda value, _: f"{value:g}x")
+    ax_speed.yaxis.set_major_formatter(times_x)
+    ax_speed.yaxis.set_minor_formatter(times_x)
+    ax_speed.axhline(1.0, color="black", linewidth=0.8)
+    ax_speed.set_ylabel("speed-up over TRITON_MLA (x, log)")
+    ax_speed.set_title(title)
+    handles = [Patch(color=c, label=f"{d} cache") for d, c in dtype_colors.items()]
+    if wrong:
+        handles.append(ax_speed.plot([], [], "x", color="red", label="wrong / error: not timed")[0])
+    ax_speed.legend(handles=handles, loc="best", fontsize=8)
+
+    width = 0.4
+    ours = [r.get("ours_pct_roofline") or 0.0 for r in rows]
+    triton = [r.get("triton_pct_roofline") or 0.0 for r in rows]
+    ax_roof.bar([i - width / 2 for i in x], ours, width, label="ours", color="tab:green")
+    ax_roof.bar([i + width / 2 for i in x], triton, width, label="TRITON_MLA", color="tab:gray")
+    ax_roof.axhline(100.0, color="black", linewidth=0.8)
+    ax_roof.set_ylabel("% of roofline (max of memory, compute floor)")
+    ax_roof.legend(loc="best", fontsize=8)
+    ax_roof.set_xticks(x)
+    ax_roof.set_xticklabels(labels, rotation=90, fontsize=7)
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True, f"plot: {path}"
+
+
+def output_paths(out_dir: str, stem: str) -> dict:
+    os.makedirs(out_dir, exist_ok=True)
+    return {ext: os.path.join(out_dir, f"{stem}.{ext}") for ext in ("csv", "json", "png")}
+
+
+def file_stem(device_name: str, timestamp: str) -> str:
+    """'NVIDIA H100 80GB HBM3', '20261127T184200Z' -> 'mla_bench_nvidia-h100-80gb-hbm3_20261127T184200Z'."""
+    slug = "".join(ch if ch.isalnum() else "-" for ch in device_name.lower())
+    slug = "-".join(part for part in slug.split("-") if part)
+    return f"mla_bench_{slug}_{timestamp}"

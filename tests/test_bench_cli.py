@@ -1,0 +1,188 @@
+"""The `bench` command: option refusals, the refusal without CUDA, and a whole run on the
+CPU with the device probes and kernels replaced by fakes (no GPU needed)."""
+
+import argparse
+import csv
+import importlib
+import json
+import os
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_fakes sits beside the tests
+import bench_fakes  # noqa: E402
+from mla_plugin import bench, bench_device, bench_kernels  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def parse(*argv):
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def test_dispatcher_finds_the_bench_module():
+    from mla_plugin.__main__ import SUBCOMMANDS
+
+    module = importlib.import_module(SUBCOMMANDS["bench"][0])
+    assert module is bench
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="command")
+    module.add_arguments(sub.add_parser("bench"))
+    args = parser.parse_args(["bench", "--quick", "--no-triton", "--page-size", "32"])
+    assert args.quick and args.no_triton and args.page_size == 32
+    assert args.out_dir == os.path.join("out", "bench") and args.reps >= 20
+
+
+def test_refuses_without_cuda(monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert bench.main(parse("--quick")) == 2
+    err = capsys.readouterr().err
+    assert "needs a CUDA GPU" in err and "CUDA is not available" in err
+
+
+def test_script_refuses_without_cuda_in_a_fresh_process():
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")  # hides any GPU, so this holds on a GPU machine too
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "run_bench.py"), "--quick"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert "needs a CUDA GPU" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--reps", "5"], "--reps: 5 is fewer than 20"),
+    (["--warmup", "0"], "--warmup: at least 1"),
+    (["--no-ours", "--no-triton"], "leaves nothing to time"),
+    (["--batch", "1,b"], "--batch: 'b' is not an integer"),
+    (["--page-size", "48"], "--page-size: 48"),
+])
+def test_bad_options_are_refused_before_anything_runs(argv, message, capsys):
+    assert bench.main(parse(*argv)) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.fixture
+def cpu_device(monkeypatch):
+    """Stand the CPU in for the GPU: probes give fixed numbers, the timer fixed times."""
+    monkeypatch.setattr(bench_device, "cuda_missing_message", lambda: None)
+    monkeypatch.setattr(bench_device, "current_device", lambda: torch.device("cpu"))
+    monkeypatch.setattr(bench_device, "describe_device", lambda d: {
+        "name": "Fake GPU 80GB", "index": 0, "capability": "9.0", "sm_count": 132, "l2_bytes": 50 << 20,
+        "memory_bytes": 80 << 30, "torch": torch.__version__, "torch_cuda": None, "triton": None, "python": "3"})
+    monkeypatch.setattr(bench_device, "measure_copy_bandwidth", lambda d: {
+        "copy_bw_gbs": 3000.0, "copy_bytes": 1 << 30, "copy_us": 716.0, "method": "fake"})
+    monkeypatch.setattr(bench_device, "measure_mma_peak", lambda d: {
+        "mma_peak_tflops": None, "mma_peak_source": "missing: mla_plugin.dispatch.mma_sync_peak_tflops (fake)"})
+    monkeypatch.setattr(bench_device, "L2Flusher", lambda d: type("Flush", (), {"nbytes": 256 << 20})())
+    timings = {}
+
+    def time_us(fn, *, reps, warmup, flush):
+        fn()
+        name = "ours" if fn.__qualname__.startswith("prepare_ours") else "triton"
+        return [timings[name]] * reps
+
+    monkeypatch.setattr(bench_device, "time_us", time_us)
+    monkeypatch.setattr(bench_device, "synchronize", lambda: None)
+    monkeypatch.setattr(bench_device, "release_cached_memory", lambda: None)
+    monkeypatch.setattr(bench_device, "free_bytes", lambda d: 64 << 30)
+    return timings
+
+
+def test_whole_run_on_cpu_writes_table_csv_json(cpu_device, monkeypatch, tmp_path, capsys):
+    cpu_device.update(ours=10.0, triton=25.0)
+    monkeypatch.setattr(bench_kernels, "load_ours", lambda: bench_fakes.make_ours())
+    monkeypatch.setattr(bench_kernels, "load_triton_mla", lambda path: (bench_fakes.make_triton(), "fake"))
+    monkeypatch.setattr(bench_kernels, "load_reference", lambda: bench_fakes.reference)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # no plot: must say so and still succeed
+    args = parse("--batch", "1,2", "--heads", "16", "--context", "128", "--page-size", "16",
+                 "--out-dir", str(tmp_path))
+    assert bench.main(args) == 0
+    captured = capsys.readouterr()
+    out, err = captured.out, captured.err
+
+    assert "Fake GPU 80GB" in out and "copy bandwidth: 3000 GB/s" in out
+    assert "n/a: missing: mla_plugin.dispatch.mma_sync_peak_tflops" in out
+    assert out.count("2.50x") >= 4  # each of the 4 shapes, then the geo-means
+    assert "bf16  2.50x" in out and "fp8   2.50x" in out and "all   2.50x" in out
+    assert "no plot: matplotlib is not installed" in out
+    assert "[1/4] B1 H16 128 bf16" in err and "[4/4]" in err and "elapsed" in err
+
+    (csv_path,) = tmp_path.glob("mla_bench_fake-gpu-80gb_*.csv")
+    (json_path,) = tmp_path.glob("mla_bench_fake-gpu-80gb_*.json")
+    assert not list(tmp_path.glob("*.png"))
+    rows = list(csv.DictReader(open(csv_path)))
+    assert [(r["batch"], r["dtype"], r["status"]) for r in rows] == [
+        ("1", "bf16", "ok"), ("2", "bf16", "ok"), ("1", "fp8", "ok"), ("2", "fp8", "ok")]
+    assert all(float(r["ours_vs_reference_max_abs"]) < 2e-2 for r in rows)
+    report = json.loads(json_path.read_text())
+    assert report["summary"]["geomean_speedup"]["all"] == pytest.approx(2.5)
+    assert report["device"]["name"] == "Fake GPU 80GB" and report["copy_bandwidth"]["copy_bw_gbs"] == 3000.0
+    assert "L2 flushed" in report["method"]["timing"] and "median of 30" in report["method"]["timing"]
+    assert report["results"][0]["ours_pct_mma_peak"] is None
+
+
+def test_a_wrong_kernel_makes_the_run_fail(cpu_device, monkeypatch, tmp_path, capsys):
+    cpu_device.update(ours=1.0, triton=25.0)
+
+    def drop_rope(q, kv_cache, block_table, seq_lens, **kw):  # a plausible bug: K without its RoPE part
+        q = q.clone()
+        q[..., 512:] = 0
+        return bench_fakes.make_ours()(q, kv_cache, block_table, seq_lens, **kw)
+
+    monkeypatch.setattr(bench_kernels, "load_ours", lambda: drop_rope)
+    monkeypatch.setattr(bench_kernels, "load_triton_mla", lambda path: (bench_fakes.make_triton(), "fake"))
+    monkeypatch.setattr(bench_kernels, "load_reference", lambda: bench_fakes.reference)
+    args = parse("--batch", "1", "--heads", "16", "--context", "256", "--dtype", "bf16", "--page-size", "16",
+                 "--out-dir", str(tmp_path))
+    assert bench.main(args) == 1
+    out = capsys.readouterr().out
+    assert "wrong" in out and "25.0x" not in out
+    assert "bf16  -" in out  # no speed-up claimed
+
+
+def test_missing_triton_is_a_clear_refusal(cpu_device, monkeypatch, tmp_path, capsys):
+    def unavailable(path):
+        raise bench_kernels.KernelUnavailable("TRITON_MLA is not available: ... run shared/tools/fetch-triton-mla")
+
+    monkeypatch.setattr(bench_kernels, "load_ours", lambda: bench_fakes.make_ours())
+    monkeypatch.setattr(bench_kernels, "load_triton_mla", unavailable)
+    assert bench.main(parse("--quick", "--out-dir", str(tmp_path))) == 2
+    assert "fetch-triton-mla" in capsys.readouterr().err
+
+
+def _fake_dispatch(monkeypatch, **attributes):
+    module = types.ModuleType("mla_plugin.dispatch")
+    module.__dict__.update(attributes)
+    monkeypatch.setitem(sys.modules, "mla_plugin.dispatch", module)
+
+
+def test_missing_mma_helper_is_reported_not_fatal(monkeypatch):
+    _fake_dispatch(monkeypatch)  # a dispatch module without the helper
+    result = bench_device.measure_mma_peak(None)
+    assert result["mma_peak_tflops"] is None
+    assert result["mma_peak_source"].startswith("missing: mla_plugin.dispatch.mma_sync_peak_tflops")
+
+
+def test_failing_mma_helper_is_reported_not_fatal(monkeypatch):
+    def broken(device=None):
+        raise RuntimeError("ninja: build stopped")
+
+    _fake_dispatch(monkeypatch, mma_sync_peak_tflops=broken)
+    result = bench_device.measure_mma_peak(None)
+    assert result["mma_peak_tflops"] is None
+    assert "failed" in result["mma_peak_source"] and "ninja: build stopped" in result["mma_peak_source"]
+
+
+def test_mma_helper_value_is_used(monkeypatch):
+    seen = []
+    _fake_dispatch(monkeypatch, mma_sync_peak_tflops=lambda device=None: seen.append(device) or 656.5)
+    result = bench_device.measure_mma_peak("cuda:1")
+    assert result["mma_peak_tflops"] == 656.5 and seen == ["cuda:1"]
+    assert result["mma_peak_source"].startswith("measured")

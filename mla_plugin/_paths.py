@@ -14,17 +14,18 @@ _PACKAGE_DIR = Path(__file__).resolve().parent
 
 
 def _data_dir(name: str) -> Path:
-    candidates = (
-        _PACKAGE_DIR / name,  # wheel install
-        _PACKAGE_DIR.parent / name,  # checkout or editable install
-    )
-    for candidate in candidates:
-        if candidate.is_dir():
-            return candidate
+    shipped = _PACKAGE_DIR / name  # wheel install
+    if shipped.is_dir():
+        return shipped
+    # Checkout or editable install: only beside our own pyproject.toml, so a stray
+    # site-packages/configs of some other distribution is never taken for ours.
+    checkout = _PACKAGE_DIR.parent
+    if (checkout / "pyproject.toml").is_file() and (checkout / name).is_dir():
+        return checkout / name
     raise FileNotFoundError(
-        f"mla_plugin: the {name}/ folder is missing (looked in "
-        f"{', '.join(str(c) for c in candidates)}); reinstall the package "
-        f"(pip install mla_plugin) or run from a full checkout"
+        f"mla_plugin: the {name}/ folder is missing (looked for {shipped}, and for "
+        f"{checkout / name} beside a pyproject.toml); reinstall mla_plugin or run from "
+        f"a full checkout"
     )
 
 

@@ -108,3 +108,18 @@ def test_paths_from_an_unpacked_wheel(built, tmp_path):
 def test_paths_from_this_checkout():
     assert _paths.csrc_dir() == ROOT / "csrc"
     assert _paths.configs_dir() == ROOT / "configs"
+
+
+def test_paths_refuse_a_folder_outside_a_checkout(tmp_path):
+    """An installed package without the data must not take site-packages/configs."""
+    site = tmp_path / "site-packages"
+    shutil.copytree(ROOT / "mla_plugin", site / "mla_plugin",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    (site / "configs").mkdir()  # someone else's top-level folder
+    script = ("import sys; sys.path.insert(0, sys.argv[1]); import mla_plugin._paths as p\n"
+              "try:\n    p.configs_dir()\nexcept FileNotFoundError as exc:\n"
+              "    print('refused:', exc)\n")
+    result = subprocess.run([sys.executable, "-c", script, str(site)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert result.stdout.startswith("refused: mla_plugin: the configs/ folder is missing")

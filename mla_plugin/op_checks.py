@@ -11,6 +11,7 @@ Every failure is a ValueError that names the argument and the expected value.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import NoReturn
 
@@ -310,8 +311,9 @@ def _is_aligned(t: torch.Tensor) -> bool:
 
 
 def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    # numbers.Integral also admits numpy integers; bool is refused on purpose.
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _is_real(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)

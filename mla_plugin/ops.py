@@ -108,9 +108,16 @@ def _launch_cuda(args, out, lse, *, softmax_scale, kv_scale, q_scale, query_len,
     with torch.cuda.device(args.device):
         dispatch.launch(
             args.q_nope, args.q_pe, args.kv_cache, args.block_table, args.seq_lens,
-            out, lse, softmax_scale=float(softmax_scale), kv_scale=kv_scale,
-            q_scale=q_scale, query_len=query_len, causal=causal, max_seq_len=max_seq_len,
+            out, lse, softmax_scale=float(softmax_scale),
+            kv_scale=_plain_scale(kv_scale), q_scale=_plain_scale(q_scale),
+            query_len=int(query_len), causal=causal,
+            max_seq_len=None if max_seq_len is None else int(max_seq_len),
         )
+
+
+def _plain_scale(scale):
+    """A tensor scale stays on the device (no sync); a number becomes a Python float."""
+    return scale if scale is None or isinstance(scale, torch.Tensor) else float(scale)
 
 
 def _decode_with_reference(args, out, lse, *, softmax_scale, kv_scale, q_scale,

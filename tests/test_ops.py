@@ -378,3 +378,16 @@ def test_bad_fp8_input_names_argument_and_expected_value(case):
     message = str(info.value)
     assert message.startswith(f"mla_decode: {argument} must be "), message
     assert expected in message, message
+
+
+def test_numpy_scalars_are_accepted_and_passed_as_python_numbers(recorded_launch):
+    import numpy as np  # installed with vLLM (the test extra)
+
+    q, kv_cache, block_table, seq_lens = _inputs(torch.bfloat16, FP8)
+    _launch_through_cuda_branch(q, kv_cache, block_table, seq_lens,
+                                softmax_scale=np.float32(0.1), kv_scale=np.float64(0.5),
+                                query_len=np.int64(2), max_seq_len=np.int64(40))
+    (_, kwargs), = recorded_launch
+    assert type(kwargs["softmax_scale"]) is float and type(kwargs["kv_scale"]) is float
+    assert type(kwargs["query_len"]) is int and type(kwargs["max_seq_len"]) is int
+    assert kwargs["kv_scale"] == 0.5 and kwargs["max_seq_len"] == 40

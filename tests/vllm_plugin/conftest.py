@@ -72,7 +72,7 @@ def real_vllm():
         import vllm
     except ImportError as exc:
         pytest.fail(
-            f"these tests need vllm=={REQUIRED_VLLM} installed (pip install -e '.[test]'); "
+            f"these tests need vllm=={REQUIRED_VLLM} installed (python -m pip install -e '.[test]'); "
             f"importing it failed: {exc}",
             pytrace=False,
         )

@@ -15,7 +15,8 @@ inline std::string cuda_error_text(const char* what, cudaError_t err) {
 }
 
 // Function attributes are per device: remember, per kernel, which devices were configured.
-template <class Kernel>
+// Tag makes one flag set per kernel (all decode kernels share one function-pointer type).
+template <class Tag, class Kernel>
 inline cudaError_t ensure_smem_attribute(Kernel kernel, int smem_bytes) {
   static std::atomic<uint64_t> configured{0};
   int device = 0;
@@ -53,7 +54,7 @@ inline std::string launch_combine(const DecodeLaunch& L, int rows_per_cta) {
 template <class Cfg>
 inline std::string launch_config(const DecodeLaunch& L, const CUtensorMap& kv_map) {
   auto kernel = mla_decode_kernel<Cfg>;
-  cudaError_t err = ensure_smem_attribute(kernel, Cfg::SMEM_BYTES);
+  cudaError_t err = ensure_smem_attribute<Cfg>(kernel, Cfg::SMEM_BYTES);
   if (err != cudaSuccess) return cuda_error_text("cudaFuncSetAttribute(max dynamic shared memory)", err);
   const dim3 grid(L.params.row_tiles, L.params.num_splits, L.params.batch);
   kernel<<<grid, Cfg::THREADS, Cfg::SMEM_BYTES, L.stream>>>(kv_map, L.params);

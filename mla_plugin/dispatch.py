@@ -20,6 +20,7 @@ first call on a device no allocation, so a launch can be captured in a CUDA grap
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -31,6 +32,7 @@ ROWS_PER_CTA_CHOICES = (16, 32)
 # Tokens per KV tile of the kernel (csrc/config.cuh: DecodeConfig::TOKENS).
 TOKENS_PER_TILE = {"fp8": 64, "bf16": 32, "fp16": 32}
 SM90_RESERVED_SMEM_PER_CTA = 1024  # the driver keeps 1 KiB per CTA on sm_90+
+SPLITS_ENV = "MLA_PLUGIN_SPLITS"
 
 _DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float8_e4m3fn: "fp8"}
 
@@ -102,6 +104,16 @@ def workspace(device: torch.device, facts: DeviceFacts, tuning: dict, min_smem_p
     return ws
 
 
+def forced_splits() -> int | None:
+    """MLA_PLUGIN_SPLITS=N pins the split count (tuning sweeps); unset, the plan decides."""
+    value = os.environ.get(SPLITS_ENV)
+    if not value:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"{SPLITS_ENV}: expected a positive integer, got {value!r}")
+    return int(value)
+
+
 def _scale(value, device: torch.device, name: str):
     """(tensor or None, float) for a scale given as None, a number or a 1-element tensor."""
     if value is None:
@@ -131,7 +143,7 @@ def launch(q_nope, q_pe, kv_cache, block_table, seq_lens, out, lse, *, softmax_s
     batch = seq_lens.shape[0]
     plan = plan_launch(batch, query_len * q_nope.shape[1], facts, smem_of, tuning, max_seq_len)
     partial_out = partial_lse = None
-    splits = plan.num_splits
+    splits = forced_splits() or plan.num_splits
     if splits > 1:
         min_smem = min(smem_of(r) for r in ROWS_PER_CTA_CHOICES)
         partial_out, partial_lse = workspace(device, facts, tuning, min_smem)

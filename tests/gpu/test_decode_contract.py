@@ -111,7 +111,8 @@ def test_cuda_graph_replay_equals_eager(dtype):
     graph_out, graph_lse = [], []
     for i in range(100):
         # New inputs each replay, written into the captured buffers in place.
-        inp.seq_lens.copy_(torch.tensor([5000 - 37 * i, 70 + i, 0 if i % 2 else 3], dtype=torch.int32))
+        # Lengths only shrink: slots past the built lengths hold NaN poison (make_inputs).
+        inp.seq_lens.copy_(torch.tensor([5000 - 37 * i, 70 - i % 50, 0], dtype=torch.int32))
         for part in (q if isinstance(q, tuple) else (q,)):
             part.mul_(-1)
         graph.replay()

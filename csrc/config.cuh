@@ -23,7 +23,6 @@ constexpr int NUM_V_PANELS = V_DIM / PANEL_CHANNELS;
 static_assert(HEAD_DIM % PANEL_CHANNELS == 0 && V_DIM % PANEL_CHANNELS == 0, "panel split");
 
 constexpr int SMEM_BUDGET = 101376;  // SM12x: 99 KiB per block, used on every architecture
-constexpr int MAX_BLOCKS_PER_SM_TARGET = 1;
 
 // KV: cache element type (also the shared-memory type of Q, K, V).
 // QIN: element type q arrives in (equal to KV for 16-bit caches; BF16/FP16/E4M3 for an FP8 cache).
@@ -42,7 +41,8 @@ struct DecodeConfig {
   static constexpr int M_TILES = ROWS / 16;  // mma.sync m16 tiles
   static_assert(ROWS == 16 || ROWS == 32, "rows per CTA: 16 or 32");
 
-  static constexpr int CONSUMER_WARPS = (ROWS == 16) ? 4 : 8;
+  static constexpr int SLICES = 4;  // warps per m-tile (see below)
+  static constexpr int CONSUMER_WARPS = M_TILES * SLICES;
   static constexpr int CONSUMER_THREADS = CONSUMER_WARPS * 32;
   static constexpr int THREADS = CONSUMER_THREADS + 32;  // + one TMA producer warp
   static constexpr int PRODUCER_WARP = CONSUMER_WARPS;
@@ -68,29 +68,26 @@ struct DecodeConfig {
   static constexpr int MIN_BLOCK_SIZE = 16;
   static constexpr int MAX_PAGES_PER_TILE = TOKENS / MIN_BLOCK_SIZE;
 
-  // S = Q K^T: warps form a (S_WARPS_M x S_WARPS_N) grid over (ROWS x TOKENS).
-  static constexpr int S_WARPS_M = M_TILES;
-  static constexpr int S_WARPS_N = CONSUMER_WARPS / S_WARPS_M;
-  static constexpr int S_TOKENS_PER_WARP = TOKENS / S_WARPS_N;
-  static constexpr int S_NTILES = S_TOKENS_PER_WARP / 8;
-  static_assert(S_WARPS_M * S_WARPS_N == CONSUMER_WARPS, "S warp grid");
-  static_assert(S_NTILES == 1 || S_NTILES == 2, "S: one or two n8 tiles per warp");
-  static_assert(S_NTILES == 2 || KSTEPS_PER_PANEL % 2 == 0, "k-step pairs for one n8 tile");
+  // Warps: M_TILES groups of SLICES warps. Warp (m, k) computes a partial S = Q K^T of m-tile m
+  // over the k-steps g with g % SLICES == k (all TOKENS tokens), the group sums the partials
+  // through shared memory, and every warp of the group then owns the whole softmax of its 16
+  // rows (P stays in registers) and O for its V_COLS_PER_WARP output columns.
+  static constexpr int NTILES = TOKENS / 8;  // n8 tiles of S per warp
+  static_assert(NTILES % 2 == 0, "K fragments load two n8 tiles per ldmatrix.x4");
+  static constexpr int KSTEPS_TILE = NUM_PANELS * KSTEPS_PER_PANEL;
+  static constexpr int S_KSTEPS_MAX = (KSTEPS_TILE + SLICES - 1) / SLICES;
 
-  // O = P V: each warp owns all ROWS x V_COLS_PER_WARP columns of the output.
-  static constexpr int V_COLS_PER_WARP = V_DIM / CONSUMER_WARPS;
+  // O = P V: each warp owns V_COLS_PER_WARP columns of its 16 rows.
+  static constexpr int V_COLS_PER_WARP = V_DIM / SLICES;
   static constexpr int PV_PANELS_PER_WARP = V_COLS_PER_WARP / PANEL_CHANNELS;
   static constexpr int PV_GROUPS = V_COLS_PER_WARP / 16;  // 16-channel groups, 2 n8 tiles each
   static constexpr int PV_NTILES = 2 * PV_GROUPS;
   static constexpr int PV_KSTEPS = TOKENS / MMA_K;
   static_assert(V_COLS_PER_WARP % PANEL_CHANNELS == 0, "PV columns cover whole panels");
-  static constexpr int ACC_REGS = M_TILES * PV_NTILES * 4;
+  static constexpr int ACC_REGS = PV_NTILES * 4;
   static_assert(ACC_REGS <= 64, "accumulator budget per thread (trap 8)");
-
-  // P (softmax numerators) in shared memory: [ROWS][TOKENS], BF16/FP16 or e4m3 (scaled).
-  static constexpr int P_ROW_BYTES = TOKENS * ELEM_BYTES;
-  static_assert(P_ROW_BYTES == 64, "P rows use the 64-byte swizzle");
-  static constexpr int P_BUF_BYTES = ROWS * P_ROW_BYTES;
+  // P's A fragments are S's C fragments: one PV k-step consumes MMA_K / 8 n8 tiles of S.
+  static_assert(PV_KSTEPS * MMA_K == TOKENS && NTILES == PV_KSTEPS * (MMA_K / 8), "P from S fragments");
   // FP8 P is stored as p * 2^8 so small probabilities stay normal numbers in e4m3.
   static constexpr float P_FP8_SCALE = 256.0f;
 
@@ -102,23 +99,23 @@ struct DecodeConfig {
   static constexpr int Q_PANEL_BYTES = ROWS * ROW_BYTES;
   static constexpr int Q_BYTES = NUM_PANELS * Q_PANEL_BYTES;
 
+  // Partial S of every warp, in mma fragment order: [warp][n8 tile][lane] float4.
+  static constexpr int S_PART_WARP_BYTES = NTILES * 32 * 16;
+  static constexpr int S_PART_BYTES = CONSUMER_WARPS * S_PART_WARP_BYTES;
+
   // Shared memory map.
   static constexpr int OFF_Q = 0;
   static constexpr int OFF_KV = OFF_Q + Q_BYTES;
-  static constexpr int OFF_P_FIXED_PART = 2 * P_BUF_BYTES + 2 * 2 * S_WARPS_N * ROWS * 4 +
-                                          ROWS * 4;  // P x2, row max/sum partials x2, row scale
-  static constexpr int RING_MAX_BY_BUDGET =
-      (SMEM_BUDGET - 1024 - Q_BYTES - OFF_P_FIXED_PART - 64 * 16) / PANEL_BYTES;
-  static constexpr int RING = RING_MAX_BY_BUDGET < 2 * NUM_PANELS ? RING_MAX_BY_BUDGET
-                                                                  : 2 * NUM_PANELS;
+  static constexpr int FIXED_BYTES = Q_BYTES + S_PART_BYTES + ROWS * 4 + 2 * 2 * NUM_PANELS * 8;
+  static constexpr int RING_MAX_BY_BUDGET = (SMEM_BUDGET - 1024 - FIXED_BYTES) / PANEL_BYTES;
+  static constexpr int RING = RING_MAX_BY_BUDGET < 2 * NUM_PANELS ? RING_MAX_BY_BUDGET : 2 * NUM_PANELS;
   static_assert(RING >= NUM_PANELS, "the ring must hold one whole tile");
-  static constexpr int OFF_P = OFF_KV + RING * PANEL_BYTES;
-  static constexpr int OFF_RED_MAX = OFF_P + 2 * P_BUF_BYTES;
-  static constexpr int OFF_RED_SUM = OFF_RED_MAX + 2 * S_WARPS_N * ROWS * 4;
-  static constexpr int OFF_ROW_SCALE = OFF_RED_SUM + 2 * S_WARPS_N * ROWS * 4;
+  static constexpr int OFF_S_PART = OFF_KV + RING * PANEL_BYTES;
+  static constexpr int OFF_ROW_SCALE = OFF_S_PART + S_PART_BYTES;
   static constexpr int OFF_BARRIERS = (OFF_ROW_SCALE + ROWS * 4 + 7) / 8 * 8;
   static constexpr int SMEM_BYTES = OFF_BARRIERS + 2 * RING * 8;
-  static_assert(OFF_KV % 1024 == 0 && OFF_P % 1024 == 0, "swizzled buffers 1024-B aligned");
+  static_assert(OFF_KV % 1024 == 0, "swizzled buffers 1024-B aligned");
+  static_assert(OFF_S_PART % 16 == 0, "float4 partials");
   static_assert(SMEM_BYTES <= SMEM_BUDGET, "SM12x shared-memory budget");
 };
 

@@ -25,7 +25,15 @@ namespace mla {
 __host__ __device__ constexpr int ceil_div(int a, int b) { return (a + b - 1) / b; }
 
 constexpr float LN2 = 0.6931471805599453f;
+constexpr int Q_FP8_EXPONENT = 8;  // a row's |q| max lands in [2^7, 2^8) after scaling
 constexpr uint32_t CONSUMER_BARRIER_ID = 1;
+
+// mma.sync e4m3 is native from SM 10.0/12.0 on; sm_90 runs it as HMMA plus conversions.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 1000
+constexpr bool EMULATED_FP8_MMA = true;
+#else
+constexpr bool EMULATED_FP8_MMA = false;
+#endif
 
 // Where the CTA's query rows come from and how far each may look.
 struct RowGeometry {
@@ -115,8 +123,13 @@ __device__ __forceinline__ void load_q(const DecodeParams& p, uint8_t* smem, int
 #pragma unroll
     for (int off = 1; off < Cfg::Q_THREADS_PER_ROW; off *= 2)
       amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, off));
-    const float q_scale = amax > 0.f ? amax / E4M3_MAX : 1.f;
-    const float inv = 1.f / q_scale;
+    // A power-of-two scale: the scaling is exact (anyone can reproduce the quantisation bit for
+    // bit) and |q| * inv < 2^8 < 448, so nothing saturates; e4m3's relative precision does not
+    // depend on where in its range the row sits.
+    int exponent = 0;
+    frexpf(amax, &exponent);  // amax = m * 2^exponent, m in [0.5, 1)
+    const float q_scale = amax > 0.f ? ldexpf(1.f, exponent - Q_FP8_EXPONENT) : 1.f;
+    const float inv = amax > 0.f ? ldexpf(1.f, Q_FP8_EXPONENT - exponent) : 1.f;
 #pragma unroll
     for (int k = 0; k < Cfg::Q_UNITS_PER_THREAD; ++k) {
       const int u = sub + k * Cfg::Q_THREADS_PER_ROW;
@@ -221,6 +234,36 @@ __device__ void write_empty_rows(const DecodeParams& p, int b, const RowGeometry
 }
 
 // ------------------------------------------------------------------------------------------
+// P (registers, S's C fragments) -> A fragments of the PV product for k-step ks.
+// ------------------------------------------------------------------------------------------
+template <class Cfg>
+__device__ __forceinline__ void p_fragments(const float (&p)[Cfg::NTILES][4], int ks, uint32_t (&a)[4]) {
+  if constexpr (Cfg::FP8) {
+    // k32: group r (tokens 16r..16r+15 of the k-step) = n8 tiles 4ks+2r, 4ks+2r+1. Logical k
+    // 4q+i reads token fp8_token_of_k(4q+i) = {2q, 2q+1, 8+2q, 9+2q}: exactly the S values this
+    // thread holds, so P needs no shuffle (the V side uses the same map, trap 7).
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const float* lo = p[4 * ks + 2 * r];
+      const float* hi = p[4 * ks + 2 * r + 1];
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {  // h = 0: row g, h = 1: row g + 8
+        const uint32_t b01 = ElemOps<Elem::E4M3>::pack2(lo[2 * h] * Cfg::P_FP8_SCALE, lo[2 * h + 1] * Cfg::P_FP8_SCALE);
+        const uint32_t b23 = ElemOps<Elem::E4M3>::pack2(hi[2 * h] * Cfg::P_FP8_SCALE, hi[2 * h + 1] * Cfg::P_FP8_SCALE);
+        a[2 * r + h] = b01 | (b23 << 16);
+      }
+    }
+  } else {
+    // k16: tokens 16ks + {2q, 2q+1} (tile 2ks) and 16ks + 8 + {2q, 2q+1} (tile 2ks+1).
+    using Ops = ElemOps<Cfg::KV>;
+    a[0] = Ops::pack2(p[2 * ks][0], p[2 * ks][1]);
+    a[1] = Ops::pack2(p[2 * ks][2], p[2 * ks][3]);
+    a[2] = Ops::pack2(p[2 * ks + 1][0], p[2 * ks + 1][1]);
+    a[3] = Ops::pack2(p[2 * ks + 1][2], p[2 * ks + 1][3]);
+  }
+}
+
+// ------------------------------------------------------------------------------------------
 // The kernel.
 // ------------------------------------------------------------------------------------------
 template <class Cfg>
@@ -272,213 +315,161 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1)
   load_q<Cfg>(p, smem, b, geo, kv_scale);
   named_barrier_sync(CONSUMER_BARRIER_ID, Cfg::CONSUMER_THREADS);
 
-  const int g = lane / 4;  // mma fragment row group
+  const int g = lane / 4;   // mma fragment row group
   const int q4 = lane % 4;  // mma fragment column pair
+  const int mtile = static_cast<unsigned>(warp) / Cfg::SLICES;  // this warp's 16 rows
+  const int slice = static_cast<unsigned>(warp) % Cfg::SLICES;  // its k-steps of S, its V columns
+  const uint32_t group_barrier = CONSUMER_BARRIER_ID + 1 + mtile;
   const uint32_t q_smem = smem_addr(smem + Cfg::OFF_Q);
   const uint32_t kv_smem = smem_addr(smem + Cfg::OFF_KV);
-  const uint32_t p_smem = smem_addr(smem + Cfg::OFF_P);
-  uint8_t* p_smem_ptr = smem + Cfg::OFF_P;
-  float* red_max = reinterpret_cast<float*>(smem + Cfg::OFF_RED_MAX);  // [2][S_WARPS_N][ROWS]
-  float* red_sum = reinterpret_cast<float*>(smem + Cfg::OFF_RED_SUM);
+  float4* s_part = reinterpret_cast<float4*>(smem + Cfg::OFF_S_PART);
   const float* row_scale = reinterpret_cast<const float*>(smem + Cfg::OFF_ROW_SCALE);
 
-  // S-phase position of this warp.
-  const int s_mtile = warp / Cfg::S_WARPS_N;
-  const int s_nslice = warp % Cfg::S_WARPS_N;
-  const int s_row0 = s_mtile * 16 + g;  // and s_row0 + 8
-  const int s_tok_base = s_nslice * Cfg::S_TOKENS_PER_WARP;
-  const int s_lim[2] = {geo.limit(s_row0, Cfg::ROWS), geo.limit(s_row0 + 8, Cfg::ROWS)};
+  const int row0 = mtile * 16 + g;  // this thread's rows: row0 and row0 + 8
+  const int lim[2] = {geo.limit(row0, Cfg::ROWS), geo.limit(row0 + 8, Cfg::ROWS)};
   const int min_limit = geo.limit(0, Cfg::ROWS);  // row 0 has the smallest causal limit
-  const float s_scale[2] = {row_scale[s_row0], row_scale[s_row0 + 8]};
-  float s_mrun[2] = {-INFINITY, -INFINITY};
+  const float scale[2] = {row_scale[row0], row_scale[row0 + 8]};
+  const int col0 = slice * Cfg::V_COLS_PER_WARP;
+  const int pv_panel0 = col0 / PANEL_CHANNELS;
 
-  // PV-phase state: all ROWS rows x this warp's columns.
-  const int pv_col0 = warp * Cfg::V_COLS_PER_WARP;
-  const int pv_panel0 = pv_col0 / PANEL_CHANNELS;
-  float acc[Cfg::M_TILES][Cfg::PV_NTILES][4];
-  float m_run[Cfg::M_TILES][2], l_run[Cfg::M_TILES][2], pv_scale[Cfg::M_TILES][2];
+  float acc[Cfg::PV_NTILES][4];
 #pragma unroll
-  for (int mt = 0; mt < Cfg::M_TILES; ++mt) {
+  for (int nt = 0; nt < Cfg::PV_NTILES; ++nt)
 #pragma unroll
-    for (int hh = 0; hh < 2; ++hh) {
-      m_run[mt][hh] = -INFINITY;
-      l_run[mt][hh] = 0.f;
-      pv_scale[mt][hh] = row_scale[mt * 16 + g + 8 * hh];
-    }
-#pragma unroll
-    for (int nt = 0; nt < Cfg::PV_NTILES; ++nt)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) acc[mt][nt][i] = 0.f;
-  }
+    for (int i = 0; i < 4; ++i) acc[nt][i] = 0.f;
+  float m_run[2] = {-INFINITY, -INFINITY};  // raw score units
+  float l_run[2] = {0.f, 0.f};
 
   uint32_t ring_slot = 0, ring_phase = 0;  // ring position of the current tile's panel 0
-  for (int tile = t_begin, it = 0; tile < t_end; ++tile, ++it) {
+  for (int tile = t_begin; tile < t_end; ++tile) {
     const int tok0 = tile * Cfg::TOKENS;
-    const int buf = it & 1;
     auto slot_of = [&](int pn) {
       const uint32_t s = ring_slot + pn;
       return s >= Cfg::RING ? s - Cfg::RING : s;
     };
     auto phase_of = [&](int pn) { return ring_slot + pn >= Cfg::RING ? ring_phase ^ 1 : ring_phase; };
+    auto wait_panel = [&](int pn) { mbar_wait(full0 + slot_of(pn) * 8, phase_of(pn)); };
     auto release = [&](int pn) {
       __syncwarp();
       if (lane == 0) mbar_arrive(empty0 + slot_of(pn) * 8);
     };
+    auto in_pv = [&](int pn) { return pn >= pv_panel0 && pn < pv_panel0 + Cfg::PV_PANELS_PER_WARP; };
 
-    // ---- 1. S = Q K^T for rows s_mtile x tokens s_nslice, over all 9 panels.
-    float s[Cfg::S_NTILES][4];
+    // ---- 1. partial S over this warp's k-steps, all TOKENS tokens (NTILES independent chains).
+    float s[Cfg::NTILES][4];
 #pragma unroll
-    for (int j = 0; j < Cfg::S_NTILES; ++j)
+    for (int j = 0; j < Cfg::NTILES; ++j)
 #pragma unroll
       for (int i = 0; i < 4; ++i) s[j][i] = 0.f;
-#pragma unroll 1
-    for (int pn = 0; pn < NUM_PANELS; ++pn) {
-      mbar_wait(full0 + slot_of(pn) * 8, phase_of(pn));
+    const int a_row = mtile * 16 + (lane % 8) + 8 * ((lane / 8) % 2);
+    auto s_kstep = [&](int pn, int ks) {
+      wait_panel(pn);
       const uint32_t k_panel = kv_smem + slot_of(pn) * Cfg::PANEL_BYTES;
-      const uint32_t q_panel = q_smem + pn * Cfg::Q_PANEL_BYTES;
-      const int a_row = s_mtile * 16 + (lane % 8) + 8 * ((lane / 8) % 2);
+      uint32_t qa[4];
+      ldmatrix_x4(q_smem + pn * Cfg::Q_PANEL_BYTES + swizzle<Cfg::ROW_BYTES>(a_row, 2 * ks + lane / 16), qa);
 #pragma unroll
-      for (int ks = 0; ks < Cfg::KSTEPS_PER_PANEL; ks += (Cfg::S_NTILES == 1 ? 2 : 1)) {
+      for (int h = 0; h < Cfg::NTILES / 2; ++h) {
+        // matrix i = tokens 16h + 8(i/2) + 0..7, chunk 2ks + i%2: n8 tiles 2h and 2h+1
         uint32_t kb[4];
-        if constexpr (Cfg::S_NTILES == 1) {
-          // one n8 tile, two k-steps: matrix i = tokens 0-7, chunk 2ks + i
-          ldmatrix_x4(k_panel + swizzle<Cfg::ROW_BYTES>(s_tok_base + lane % 8, 2 * ks + lane / 8), kb);
-        } else {
-          // two n8 tiles, one k-step: matrix i = tokens 8(i/2).., chunk 2ks + i%2
-          ldmatrix_x4(k_panel + swizzle<Cfg::ROW_BYTES>(s_tok_base + lane % 8 + 8 * (lane / 16),
-                                                        2 * ks + (lane / 8) % 2),
-                      kb);
-        }
-#pragma unroll
-        for (int kk = 0; kk < (Cfg::S_NTILES == 1 ? 2 : 1); ++kk) {
-          uint32_t qa[4];
-          ldmatrix_x4(q_panel + swizzle<Cfg::ROW_BYTES>(a_row, 2 * (ks + kk) + lane / 16), qa);
-          if constexpr (Cfg::S_NTILES == 1) {
-            KvOps::mma(s[0], qa, kb[2 * kk], kb[2 * kk + 1]);
-          } else {
-            KvOps::mma(s[0], qa, kb[0], kb[1]);
-            KvOps::mma(s[1], qa, kb[2], kb[3]);
-          }
-        }
+        ldmatrix_x4(k_panel + swizzle<Cfg::ROW_BYTES>(16 * h + lane % 8 + 8 * (lane / 16), 2 * ks + (lane / 8) % 2), kb);
+        KvOps::mma(s[2 * h], qa, kb[0], kb[1]);
+        KvOps::mma(s[2 * h + 1], qa, kb[2], kb[3]);
       }
-      const bool used_in_pv = pn >= pv_panel0 && pn < pv_panel0 + Cfg::PV_PANELS_PER_WARP;
-      if (!used_in_pv) release(pn);
+    };
+    static_assert(Cfg::SLICES % Cfg::KSTEPS_PER_PANEL == 0, "a slice keeps one k-step per panel");
+    if constexpr (Cfg::FP8 && EMULATED_FP8_MMA) {
+      // sm_90 emulates e4m3 MMA with extra registers: rolled, this stays free of spills.
+#pragma unroll 1
+      for (int gk = slice; gk < Cfg::KSTEPS_TILE; gk += Cfg::SLICES)
+        s_kstep(gk / Cfg::KSTEPS_PER_PANEL, gk % Cfg::KSTEPS_PER_PANEL);
+    } else {
+      // Unrolled: panel and chunk offsets become constants (rolled, the loop was issue-bound
+      // on address arithmetic). FP8 slices own 5 or 4 k-steps: the last trip is uniform.
+#pragma unroll
+      for (int i = 0; i < Cfg::S_KSTEPS_MAX; ++i) {
+        if (Cfg::KSTEPS_TILE % Cfg::SLICES != 0 && slice + i * Cfg::SLICES >= Cfg::KSTEPS_TILE) break;
+        // k-step slice + i * SLICES of the tile: its panel, and the k-step inside the panel
+        s_kstep(i * (Cfg::SLICES / Cfg::KSTEPS_PER_PANEL) + slice / Cfg::KSTEPS_PER_PANEL,
+                slice % Cfg::KSTEPS_PER_PANEL);
+      }
+    }
+#pragma unroll
+    for (int pn = 0; pn < NUM_PANELS; ++pn)
+      if (!in_pv(pn)) release(pn);
+
+    // ---- 2. sum the group's partials (fixed order: every warp gets identical bits).
+    named_barrier_sync(group_barrier, Cfg::SLICES * 32);  // the previous tile's reads are done
+    float4* mine = s_part + (warp * Cfg::NTILES) * 32 + lane;
+#pragma unroll
+    for (int j = 0; j < Cfg::NTILES; ++j) mine[j * 32] = make_float4(s[j][0], s[j][1], s[j][2], s[j][3]);
+    named_barrier_sync(group_barrier, Cfg::SLICES * 32);
+#pragma unroll
+    for (int j = 0; j < Cfg::NTILES; ++j) {
+      float4 t = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+      for (int k = 0; k < Cfg::SLICES; ++k) {
+        const float4 v = s_part[((mtile * Cfg::SLICES + k) * Cfg::NTILES + j) * 32 + lane];
+        t.x += v.x;
+        t.y += v.y;
+        t.z += v.z;
+        t.w += v.w;
+      }
+      s[j][0] = t.x;
+      s[j][1] = t.y;
+      s[j][2] = t.z;
+      s[j][3] = t.w;
     }
 
-    // ---- 2. mask, row maxima (raw score units; the row scale is positive).
-    const bool mask_rows = tok0 + Cfg::TOKENS > min_limit;
-    if (mask_rows) {
+    // ---- 3. online softmax of the 16 rows, in registers (scale folded into exp2).
+    if (tok0 + Cfg::TOKENS > min_limit) {
 #pragma unroll
-      for (int j = 0; j < Cfg::S_NTILES; ++j)
+      for (int j = 0; j < Cfg::NTILES; ++j)
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const int tok = tok0 + s_tok_base + 8 * j + 2 * q4 + (i % 2);
-          if (tok >= s_lim[i / 2]) s[j][i] = -INFINITY;  // select: masks NaN garbage too
-        }
+        for (int i = 0; i < 4; ++i)
+          if (tok0 + 8 * j + 2 * q4 + (i % 2) >= lim[i / 2]) s[j][i] = -INFINITY;  // select: masks NaN too
     }
-    float mx[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-    for (int j = 0; j < Cfg::S_NTILES; ++j)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) mx[i / 2] = fmaxf(mx[i / 2], s[j][i]);
+    float alpha[2];
 #pragma unroll
     for (int hh = 0; hh < 2; ++hh) {
-      mx[hh] = fmaxf(mx[hh], __shfl_xor_sync(0xffffffffu, mx[hh], 1));
-      mx[hh] = fmaxf(mx[hh], __shfl_xor_sync(0xffffffffu, mx[hh], 2));
-    }
-    float* red_max_buf = red_max + buf * Cfg::S_WARPS_N * Cfg::ROWS;
-    float* red_sum_buf = red_sum + buf * Cfg::S_WARPS_N * Cfg::ROWS;
-    if (q4 == 0) {
-      red_max_buf[s_nslice * Cfg::ROWS + s_row0] = mx[0];
-      red_max_buf[s_nslice * Cfg::ROWS + s_row0 + 8] = mx[1];
-    }
-    named_barrier_sync(CONSUMER_BARRIER_ID, Cfg::CONSUMER_THREADS);
-
-    // ---- 3. P = exp2((S - m) * scale) into shared memory, row sums.
-    auto tile_max = [&](int row, float m_old) {
-      float m = m_old;
+      float mx = m_run[hh];
 #pragma unroll
-      for (int n = 0; n < Cfg::S_WARPS_N; ++n) m = fmaxf(m, red_max_buf[n * Cfg::ROWS + row]);
-      return m;
-    };
-    {
-      float sum[2];
+      for (int j = 0; j < Cfg::NTILES; ++j) mx = fmaxf(mx, fmaxf(s[j][2 * hh], s[j][2 * hh + 1]));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      // A row with no visible token yet keeps m = -inf: exp2 then gets 0 (and alpha 1), not NaN.
+      const float m_scaled = mx == -INFINITY ? 0.f : mx * scale[hh];
+      alpha[hh] = mx == -INFINITY ? 1.f : fast_exp2((m_run[hh] - mx) * scale[hh]);
+      m_run[hh] = mx;
+      float sum = 0.f;
 #pragma unroll
-      for (int hh = 0; hh < 2; ++hh) {
-        s_mrun[hh] = tile_max(s_row0 + 8 * hh, s_mrun[hh]);
-        // A row with no visible token yet keeps m = -inf: use 0 so exp2 gives 0, not NaN.
-        const float m_scaled = s_mrun[hh] == -INFINITY ? 0.f : s_mrun[hh] * s_scale[hh];
-        sum[hh] = 0.f;
+      for (int j = 0; j < Cfg::NTILES; ++j)
 #pragma unroll
-        for (int j = 0; j < Cfg::S_NTILES; ++j)
-#pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            float& v = s[j][2 * hh + e];
-            v = fast_exp2(fmaf(v, s_scale[hh], -m_scaled));
-            sum[hh] += v;
-          }
-      }
-      uint8_t* p_buf = p_smem_ptr + buf * Cfg::P_BUF_BYTES;
-#pragma unroll
-      for (int j = 0; j < Cfg::S_NTILES; ++j) {
-        const int tok = s_tok_base + 8 * j + 2 * q4;  // token of element e = 0 (e = 1 follows)
-#pragma unroll
-        for (int hh = 0; hh < 2; ++hh) {
-          const int row = s_row0 + 8 * hh;
-          if constexpr (Cfg::FP8) {
-            const int k = fp8_k_of_token(tok);  // tok, tok+1 land on k, k+1
-            *reinterpret_cast<uint16_t*>(p_buf + swizzle<64>(row, k / 16) + k % 16) =
-                ElemOps<Elem::E4M3>::pack2(s[j][2 * hh] * Cfg::P_FP8_SCALE,
-                                           s[j][2 * hh + 1] * Cfg::P_FP8_SCALE);
-          } else {
-            *reinterpret_cast<uint32_t*>(p_buf + swizzle<64>(row, tok / 8) + 2 * (tok % 8)) =
-                KvOps::pack2(s[j][2 * hh], s[j][2 * hh + 1]);
-          }
+        for (int e = 0; e < 2; ++e) {
+          float& v = s[j][2 * hh + e];
+          v = fast_exp2(fmaf(v, scale[hh], -m_scaled));
+          sum += v;
         }
-      }
-#pragma unroll
-      for (int hh = 0; hh < 2; ++hh) {
-        sum[hh] += __shfl_xor_sync(0xffffffffu, sum[hh], 1);
-        sum[hh] += __shfl_xor_sync(0xffffffffu, sum[hh], 2);
-      }
-      if (q4 == 0) {
-        red_sum_buf[s_nslice * Cfg::ROWS + s_row0] = sum[0];
-        red_sum_buf[s_nslice * Cfg::ROWS + s_row0 + 8] = sum[1];
-      }
+      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+      l_run[hh] = l_run[hh] * alpha[hh] + sum;
     }
-    named_barrier_sync(CONSUMER_BARRIER_ID, Cfg::CONSUMER_THREADS);
+#pragma unroll
+    for (int nt = 0; nt < Cfg::PV_NTILES; ++nt) {
+      acc[nt][0] *= alpha[0];
+      acc[nt][1] *= alpha[0];
+      acc[nt][2] *= alpha[1];
+      acc[nt][3] *= alpha[1];
+    }
 
-    // ---- 4. rescale the accumulator, then O += P V over this warp's columns.
+    // ---- 4. O += P V over this warp's columns.
 #pragma unroll
-    for (int mt = 0; mt < Cfg::M_TILES; ++mt)
-#pragma unroll
-      for (int hh = 0; hh < 2; ++hh) {
-        const int row = mt * 16 + g + 8 * hh;
-        const float m_new = tile_max(row, m_run[mt][hh]);
-        const float alpha = m_new == -INFINITY ? 1.f
-                                               : fast_exp2((m_run[mt][hh] - m_new) * pv_scale[mt][hh]);
-        float tile_sum = 0.f;
-#pragma unroll
-        for (int n = 0; n < Cfg::S_WARPS_N; ++n) tile_sum += red_sum_buf[n * Cfg::ROWS + row];
-        l_run[mt][hh] = l_run[mt][hh] * alpha + tile_sum;
-        m_run[mt][hh] = m_new;
-#pragma unroll
-        for (int nt = 0; nt < Cfg::PV_NTILES; ++nt) {
-          acc[mt][nt][2 * hh] *= alpha;
-          acc[mt][nt][2 * hh + 1] *= alpha;
-        }
-      }
-
+    for (int i = 0; i < Cfg::PV_PANELS_PER_WARP; ++i) wait_panel(pv_panel0 + i);  // no-op if S saw it
     const bool tail_tile = tok0 + Cfg::TOKENS > kv_len;  // tokens past kv_len may be garbage
-    const uint32_t p_buf = p_smem + buf * Cfg::P_BUF_BYTES;
-    // Not unrolled: keeps the emulated-e4m3 sm_90a build inside the register budget (no spills).
-#pragma unroll 1
-    for (int ks = 0; ks < Cfg::PV_KSTEPS; ++ks) {
-      uint32_t pa[Cfg::M_TILES][4];
+    uint32_t pa[Cfg::PV_KSTEPS][4];  // all of P first: S's registers are free before V loads
 #pragma unroll
-      for (int mt = 0; mt < Cfg::M_TILES; ++mt)
-        ldmatrix_x4(p_buf + swizzle<64>(mt * 16 + (lane % 8) + 8 * ((lane / 8) % 2), 2 * ks + lane / 16),
-                    pa[mt]);
+    for (int ks = 0; ks < Cfg::PV_KSTEPS; ++ks) p_fragments<Cfg>(s, ks, pa[ks]);
+#pragma unroll
+    for (int ks = 0; ks < Cfg::PV_KSTEPS; ++ks) {
       // Masks that zero V of tokens >= kv_len in this thread's B fragments (tail tile only).
       uint32_t vmask[2] = {0xffffffffu, 0xffffffffu};
       if (tail_tile) {
@@ -488,28 +479,22 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1)
           if constexpr (Cfg::FP8) {
             // byte i of fragment register r holds token 32ks + 16r + {2q, 2q+1, 8+2q, 9+2q}[i]
 #pragma unroll
-            for (int i = 0; i < 4; ++i) {
-              const int tok = tok0 + Cfg::MMA_K * ks + 16 * r + fp8_token_of_k(4 * q4 + i);
-              if (tok < kv_len) m |= 0xffu << (8 * i);
-            }
+            for (int i = 0; i < 4; ++i)
+              if (tok0 + Cfg::MMA_K * ks + 16 * r + fp8_token_of_k(4 * q4 + i) < kv_len) m |= 0xffu << (8 * i);
           } else {
             // half i of fragment register r holds token 16ks + 8r + 2q + i
 #pragma unroll
-            for (int i = 0; i < 2; ++i) {
-              const int tok = tok0 + Cfg::MMA_K * ks + 8 * r + 2 * q4 + i;
-              if (tok < kv_len) m |= 0xffffu << (16 * i);
-            }
+            for (int i = 0; i < 2; ++i)
+              if (tok0 + Cfg::MMA_K * ks + 8 * r + 2 * q4 + i < kv_len) m |= 0xffffu << (16 * i);
           }
           vmask[r] = m;
         }
       }
 #pragma unroll
       for (int gi = 0; gi < Cfg::PV_GROUPS; ++gi) {
-        const int col = pv_col0 + 16 * gi;
-        const int pn = col / PANEL_CHANNELS;
-        const uint32_t v_panel = kv_smem + slot_of(pn) * Cfg::PANEL_BYTES;
-        uint32_t vb[4];
-        uint32_t b_even[2], b_odd[2];
+        const int col = col0 + 16 * gi;
+        const uint32_t v_panel = kv_smem + slot_of(col / PANEL_CHANNELS) * Cfg::PANEL_BYTES;
+        uint32_t vb[4], b_even[2], b_odd[2];
         if constexpr (Cfg::FP8) {
           // matrices = tokens 32ks + 8i.., one 16-channel chunk; bytes regrouped by prmt.
           const int chunk = (col % PANEL_CHANNELS) / 16;
@@ -529,19 +514,18 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1)
           b_odd[0] = vb[2] & vmask[0];
           b_odd[1] = vb[3] & vmask[1];
         }
-#pragma unroll
-        for (int mt = 0; mt < Cfg::M_TILES; ++mt) {
-          KvOps::mma(acc[mt][2 * gi], pa[mt], b_even[0], b_even[1]);
-          KvOps::mma(acc[mt][2 * gi + 1], pa[mt], b_odd[0], b_odd[1]);
-        }
+        KvOps::mma(acc[2 * gi], pa[ks], b_even[0], b_even[1]);
+        KvOps::mma(acc[2 * gi + 1], pa[ks], b_odd[0], b_odd[1]);
       }
     }
 #pragma unroll
     for (int i = 0; i < Cfg::PV_PANELS_PER_WARP; ++i) release(pv_panel0 + i);
 
-    // next tile's panel 0
-    ring_slot += NUM_PANELS;
-    if (ring_slot >= Cfg::RING) { ring_slot -= Cfg::RING; ring_phase ^= 1; }
+    ring_slot += NUM_PANELS;  // next tile's panel 0
+    if (ring_slot >= Cfg::RING) {
+      ring_slot -= Cfg::RING;
+      ring_phase ^= 1;
+    }
   }
 
   // ---------------------------------------------------------------- epilogue
@@ -550,59 +534,54 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1)
   // FP8: acc = sum (p * 256) * v_e4m3, so one factor restores kv_scale and the P scale.
   const float out_factor = Cfg::FP8 ? kv_scale / Cfg::P_FP8_SCALE : 1.f;
 #pragma unroll
-  for (int mt = 0; mt < Cfg::M_TILES; ++mt)
+  for (int hh = 0; hh < 2; ++hh) {
+    const int row = row0 + 8 * hh;
+    const bool has_mass = l_run[hh] > 0.f;
+    const float inv = has_mass ? out_factor / l_run[hh] : 0.f;
+    if (!geo.valid(row, Cfg::ROWS) && !split_mode) continue;
+    const int rg = row_tile * Cfg::ROWS + row;
+    const int64_t token = static_cast<int64_t>(b) * p.query_len + rg / p.num_heads;
+    const int head = rg % p.num_heads;
+    float* part = split_mode ? p.partial_out + (cta * Cfg::ROWS + row) * V_DIM : nullptr;
+    OT* out = split_mode ? nullptr : static_cast<OT*>(p.out) + token * p.out_stride_t + head * p.out_stride_h;
 #pragma unroll
-    for (int hh = 0; hh < 2; ++hh) {
-      const int row = mt * 16 + g + 8 * hh;
-      const bool has_mass = l_run[mt][hh] > 0.f;
-      const float inv = has_mass ? out_factor / l_run[mt][hh] : 0.f;
-      const float lse2 = has_mass ? m_run[mt][hh] * pv_scale[mt][hh] + __log2f(l_run[mt][hh]) : -INFINITY;
-      if (!geo.valid(row, Cfg::ROWS) && !split_mode) continue;
-      const int rg = row_tile * Cfg::ROWS + row;
-      const int64_t token = static_cast<int64_t>(b) * p.query_len + rg / p.num_heads;
-      const int head = rg % p.num_heads;
-      float* part = split_mode ? p.partial_out + (cta * Cfg::ROWS + row) * V_DIM : nullptr;
-      OT* out = split_mode ? nullptr
-                           : static_cast<OT*>(p.out) + token * p.out_stride_t + head * p.out_stride_h;
-#pragma unroll
-      for (int gi = 0; gi < Cfg::PV_GROUPS; ++gi) {
-        const float* ev = acc[mt][2 * gi];
-        const float* od = acc[mt][2 * gi + 1];
-        // Output channels held by this thread, as (channel, value) pairs of two.
-        int ch[2];
-        float v[2][2];
-        if constexpr (Cfg::FP8) {
-          // even tile n -> channel 2n, odd tile n -> 2n + 1: four consecutive channels
-          ch[0] = pv_col0 + 16 * gi + 4 * q4;
-          ch[1] = ch[0] + 2;
-          v[0][0] = ev[2 * hh] * inv;
-          v[0][1] = od[2 * hh] * inv;
-          v[1][0] = ev[2 * hh + 1] * inv;
-          v[1][1] = od[2 * hh + 1] * inv;
-        } else {
-          ch[0] = pv_col0 + 16 * gi + 2 * q4;
-          ch[1] = ch[0] + 8;
-          v[0][0] = ev[2 * hh] * inv;
-          v[0][1] = ev[2 * hh + 1] * inv;
-          v[1][0] = od[2 * hh] * inv;
-          v[1][1] = od[2 * hh + 1] * inv;
-        }
-#pragma unroll
-        for (int k = 0; k < 2; ++k) {
-          if (split_mode) {
-            *reinterpret_cast<float2*>(part + ch[k]) = make_float2(v[k][0], v[k][1]);
-          } else {
-            *reinterpret_cast<uint32_t*>(out + ch[k]) = ElemOps<Cfg::OUT>::pack2(v[k][0], v[k][1]);
-          }
-        }
+    for (int gi = 0; gi < Cfg::PV_GROUPS; ++gi) {
+      const float* ev = acc[2 * gi];
+      const float* od = acc[2 * gi + 1];
+      int ch[2];  // this thread's output channels, as two pairs
+      float v[2][2];
+      if constexpr (Cfg::FP8) {
+        // even tile n -> channel 2n, odd tile n -> 2n + 1: four consecutive channels
+        ch[0] = col0 + 16 * gi + 4 * q4;
+        ch[1] = ch[0] + 2;
+        v[0][0] = ev[2 * hh] * inv;
+        v[0][1] = od[2 * hh] * inv;
+        v[1][0] = ev[2 * hh + 1] * inv;
+        v[1][1] = od[2 * hh + 1] * inv;
+      } else {
+        ch[0] = col0 + 16 * gi + 2 * q4;
+        ch[1] = ch[0] + 8;
+        v[0][0] = ev[2 * hh] * inv;
+        v[0][1] = ev[2 * hh + 1] * inv;
+        v[1][0] = od[2 * hh] * inv;
+        v[1][1] = od[2 * hh + 1] * inv;
       }
-      if (warp == 0 && q4 == 0) {
+#pragma unroll
+      for (int k = 0; k < 2; ++k) {
         if (split_mode)
-          p.partial_lse[cta * Cfg::ROWS + row] = lse2;
+          *reinterpret_cast<float2*>(part + ch[k]) = make_float2(v[k][0], v[k][1]);
         else
-          p.lse[token * p.num_heads + head] = lse2 * LN2;
+          *reinterpret_cast<uint32_t*>(out + ch[k]) = ElemOps<Cfg::OUT>::pack2(v[k][0], v[k][1]);
       }
     }
+    if (slice == 0 && q4 == 0) {
+      const float lse2 = has_mass ? m_run[hh] * scale[hh] + __log2f(l_run[hh]) : -INFINITY;
+      if (split_mode)
+        p.partial_lse[cta * Cfg::ROWS + row] = lse2;
+      else
+        p.lse[token * p.num_heads + head] = lse2 * LN2;
+    }
+  }
 }
 
 }  // namespace mla

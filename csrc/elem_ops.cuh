@@ -65,6 +65,5 @@ struct ElemOps<Elem::E4M3> {
   }
 };
 
-constexpr float E4M3_MAX = 448.0f;
 
 }  // namespace mla

@@ -83,7 +83,8 @@ def plan_launch(batch: int, rows_per_request: int, facts: DeviceFacts, smem_per_
     row_tiles = math.ceil(rows_per_request / rows_per_cta)
     ctas = max(1, batch * row_tiles)
     target = math.ceil(tuning["waves"] * facts.sm_count * ctas_per_sm(facts, smem_per_cta_of(rows_per_cta)))
-    splits = 1 if ctas >= target else math.ceil(target / ctas)
+    # floor: a split grid just over one wave leaves a second, mostly idle wave.
+    splits = max(1, target // ctas)
     splits = min(splits, int(tuning["max_splits"]))
     if max_seq_len:
         splits = min(splits, max(1, math.ceil(max_seq_len / int(tuning["min_tokens_per_split"]))))
@@ -92,12 +93,12 @@ def plan_launch(batch: int, rows_per_request: int, facts: DeviceFacts, smem_per_
 
 def workspace(device: torch.device, facts: DeviceFacts, tuning: dict, min_smem_per_cta: int):
     """Per-device split workspace, sized once for the largest split grid plan_launch can make:
-    with splits = ceil(target / ctas), ctas * splits < target + ctas <= 2 * target."""
+    ctas * splits <= max(ctas, target) and splits > 1 only when ctas < target, so <= target."""
     index = device.index
     ws = _workspaces.get(index)
     if ws is None:
         max_target = math.ceil(tuning["waves"] * facts.sm_count * ctas_per_sm(facts, min_smem_per_cta))
-        rows = 2 * max_target * ROWS_PER_CTA_CHOICES[-1]
+        rows = max_target * ROWS_PER_CTA_CHOICES[-1]
         ws = (torch.empty(rows, V_DIM, dtype=torch.float32, device=device),
               torch.empty(rows, dtype=torch.float32, device=device))
         _workspaces[index] = ws

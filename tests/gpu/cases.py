@@ -132,13 +132,18 @@ def make_inputs(case: Case, device="cuda") -> Inputs:
     return Inputs(q, kv_cache, table.to(device), seq_lens, kv_scale_arg, q_scale_arg, q_ref)
 
 
+Q_FP8_EXPONENT = 8  # csrc/decode_kernel.cuh: a row's |q| max lands in [2^7, 2^8)
+
+
 def emulate_kernel_q(q16: torch.Tensor) -> torch.Tensor:
-    """The kernel's per-row e4m3 quantisation of a 16-bit q, dequantised (same fp32 ops)."""
+    """The kernel's per-row e4m3 quantisation of a 16-bit q, dequantised. The scale is a power
+    of two (amax = m * 2^e, m in [0.5, 1): scale 2^(e - 8)), so this is exact, bit for bit."""
     q32 = q16.to(torch.float32)
     amax = q32.abs().amax(dim=-1, keepdim=True)
-    scale = torch.where(amax > 0, amax / E4M3_MAX, torch.ones_like(amax))
-    inv = 1.0 / scale
-    return (q32 * inv).to(torch.float8_e4m3fn).to(torch.float32) * scale
+    _, exponent = torch.frexp(amax)
+    scale = torch.where(amax > 0, torch.ldexp(torch.ones_like(amax), exponent - Q_FP8_EXPONENT),
+                        torch.ones_like(amax))
+    return (q32 / scale).to(torch.float8_e4m3fn).to(torch.float32) * scale
 
 
 def run_op(case: Case, inp: Inputs, **kw):

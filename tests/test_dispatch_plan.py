@@ -1,0 +1,62 @@
+"""The launch plan (rows per CTA, KV splits) is host arithmetic on shapes: checked on the CPU."""
+
+from __future__ import annotations
+
+import pytest
+
+from mla_plugin import dispatch
+
+H100 = dispatch.DeviceFacts("NVIDIA H100 80GB HBM3", sm_count=132, smem_per_sm=233472)
+RTX5090 = dispatch.DeviceFacts("NVIDIA GeForce RTX 5090", sm_count=170, smem_per_sm=102400)
+TUNING = {"waves": 1.0, "max_splits": 64, "min_tokens_per_split": 256}
+
+
+def smem_95k(rows: int) -> int:
+    return 95 * 1024
+
+
+def plan(batch, heads, facts=H100, tuning=TUNING, max_seq_len=None, query_len=1):
+    return dispatch.plan_launch(batch, heads * query_len, facts, smem_95k, tuning, max_seq_len)
+
+
+def test_rows_per_cta_follow_the_rows_of_a_request():
+    assert plan(4, 16).rows_per_cta == 16 and plan(4, 16).row_tiles == 1
+    assert plan(4, 20).rows_per_cta == 32 and plan(4, 20).row_tiles == 1
+    assert plan(4, 128).rows_per_cta == 32 and plan(4, 128).row_tiles == 4
+    assert plan(4, 16, query_len=2).rows_per_cta == 32
+
+
+def test_ctas_per_sm_from_shared_memory():
+    assert dispatch.ctas_per_sm(H100, 95 * 1024) == 2  # 228 KiB per SM holds two 96 KiB CTAs
+    assert dispatch.ctas_per_sm(RTX5090, 95 * 1024) == 1  # SM12x: 100 KiB per SM, one CTA
+
+
+def test_splits_fill_one_wave_without_spilling_into_a_second():
+    # 132 SMs x 2 CTAs = 264 slots; 32 requests x 1 row tile -> 8 splits = 256 CTAs, not 9 = 288.
+    p = plan(32, 16)
+    assert p.target_ctas == 264 and p.num_splits == 8
+    assert plan(64, 16).num_splits == 4
+    assert plan(128, 16).num_splits == 2
+    assert plan(300, 16).num_splits == 1  # already more than a wave
+    assert plan(64, 128).num_splits == 1  # 64 x 4 row tiles = 256 CTAs
+
+
+def test_split_caps_max_splits_and_min_tokens_per_split():
+    assert plan(1, 16).num_splits == 64  # 264 would fit; max_splits caps it
+    assert plan(1, 16, max_seq_len=1024).num_splits == 4  # 1024 / 256 tokens per split
+    assert plan(1, 16, max_seq_len=100).num_splits == 1
+
+
+def test_one_cta_per_sm_gpu_plans_for_its_own_sm_count():
+    assert plan(32, 16, facts=RTX5090).target_ctas == 170
+    assert plan(32, 16, facts=RTX5090).num_splits == 5
+
+
+def test_forced_splits_from_the_environment(monkeypatch):
+    monkeypatch.setenv(dispatch.SPLITS_ENV, "12")
+    assert dispatch.forced_splits() == 12
+    monkeypatch.setenv(dispatch.SPLITS_ENV, "zero")
+    with pytest.raises(ValueError, match="MLA_PLUGIN_SPLITS: expected a positive integer"):
+        dispatch.forced_splits()
+    monkeypatch.delenv(dispatch.SPLITS_ENV)
+    assert dispatch.forced_splits() is None

@@ -1,8 +1,10 @@
 // Host side of a decode launch: the KV tensor map over the paged cache, then the dtype dispatch.
 #include <cudaTypedefs.h>
 
+#include <map>
 #include <mutex>
 #include <string>
+#include <tuple>
 
 #include "launch.h"
 
@@ -56,6 +58,28 @@ std::string make_kv_tensor_map(const DecodeLaunch& L, int tokens_per_tile, CUten
   return std::string();
 }
 
+// Encoding a tensor map is host work on every call; a serving process sees one cache tensor
+// per layer, so remember the maps by everything they encode.
+std::string cached_kv_tensor_map(const DecodeLaunch& L, int tokens_per_tile, CUtensorMap* map) {
+  using Key = std::tuple<const void*, int, int64_t, int, int64_t, int64_t, int>;
+  static std::mutex mu;
+  static std::map<Key, CUtensorMap> cache;
+  constexpr size_t MAX_ENTRIES = 4096;
+  const Key key{L.kv_cache, static_cast<int>(L.kv), L.num_blocks, L.params.block_size, L.kv_stride_block,
+                L.kv_stride_token, tokens_per_tile};
+  std::lock_guard<std::mutex> lock(mu);
+  const auto it = cache.find(key);
+  if (it != cache.end()) {
+    *map = it->second;
+    return std::string();
+  }
+  const std::string err = make_kv_tensor_map(L, tokens_per_tile, map);
+  if (!err.empty()) return err;
+  if (cache.size() >= MAX_ENTRIES) cache.clear();
+  cache.emplace(key, *map);
+  return std::string();
+}
+
 }  // namespace
 
 std::string launch_decode(const DecodeLaunch& L) {
@@ -63,7 +87,7 @@ std::string launch_decode(const DecodeLaunch& L) {
   const int tokens_per_tile = fp8 ? DecodeConfig<Elem::E4M3, Elem::BF16, Elem::BF16, 16>::TOKENS
                                   : DecodeConfig<Elem::BF16, Elem::BF16, Elem::BF16, 16>::TOKENS;
   CUtensorMap map;
-  const std::string err = make_kv_tensor_map(L, tokens_per_tile, &map);
+  const std::string err = cached_kv_tensor_map(L, tokens_per_tile, &map);
   if (!err.empty()) return err;
   switch (L.kv) {
     case Elem::BF16:

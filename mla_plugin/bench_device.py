@@ -87,6 +87,22 @@ def time_us(fn, *, reps: int, warmup: int, flush) -> list[float]:
     return [start.elapsed_time(end) * 1e3 for start, end in zip(starts, ends)]
 
 
+def time_us_graph(fn, *, reps: int, warmup: int, flush) -> list[float]:
+    """Like time_us, but fn is captured once in a CUDA graph and each repetition replays it:
+    host-side launch cost (Python argument checks, Triton's launcher) stays out of the numbers,
+    as in vLLM, which replays decode steps from CUDA graphs."""
+    for _ in range(warmup):
+        flush()
+        fn()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    graph.replay()
+    torch.cuda.synchronize()
+    return time_us(graph.replay, reps=reps, warmup=1, flush=flush)
+
+
 def measure_copy_bandwidth(device: torch.device, nbytes: int = COPY_BUFFER_BYTES, reps: int = 30) -> dict:
     """A large device-to-device copy: GB/s counting bytes read + written, median of reps."""
     t = median(_copy_times_us(device, nbytes, reps))

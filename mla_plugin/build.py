@@ -243,8 +243,11 @@ def load_extension(archs: list[str] | None = None, verbose: bool = True):
     global _loaded
     if _loaded is not None:
         return _loaded
-    import torch  # noqa: F401  (the extension links against it)
+    import torch  # the extension links against it
 
+    if not torch.cuda.is_available():
+        raise RuntimeError("mla_plugin: CUDA is not available (torch.cuda.is_available() is False); "
+                           "the decode kernel needs an SM12x GPU (or a Hopper GPU for testing)")
     arch = arch_of_device() if archs is None else archs[0]
     if arch not in SUPPORTED_ARCHS:
         name = torch.cuda.get_device_name()

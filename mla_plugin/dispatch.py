@@ -19,6 +19,7 @@ first call on a device no allocation, so a launch can be captured in a CUDA grap
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from dataclasses import dataclass
@@ -33,8 +34,13 @@ ROWS_PER_CTA_CHOICES = (16, 32)
 TOKENS_PER_TILE = {"fp8": 64, "bf16": 32, "fp16": 32}
 SM90_RESERVED_SMEM_PER_CTA = 1024  # the driver keeps 1 KiB per CTA on sm_90+
 SPLITS_ENV = "MLA_PLUGIN_SPLITS"
+ROWS_ENV = "MLA_PLUGIN_ROWS_PER_CTA"
 
 _DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float8_e4m3fn: "fp8"}
+# Widest row tile per cache dtype. 16-bit caches stay at 16 rows: with 32 rows the Q tile and S
+# partials leave an 11-panel ring, too shallow to hide latency (H200, B32 H128 ctx4k: 289 us at
+# 16 rows vs 399 us at 32). FP8 tiles are half the bytes: 32 rows win there (355 vs 424 us).
+MAX_ROWS_PER_CTA = {"bf16": 16, "fp16": 16, "fp8": 32}
 
 
 def extension():
@@ -76,10 +82,11 @@ def ctas_per_sm(facts: DeviceFacts, smem_per_cta: int) -> int:
 
 
 def plan_launch(batch: int, rows_per_request: int, facts: DeviceFacts, smem_per_cta_of, tuning: dict,
-                max_seq_len: int | None) -> Plan:
+                max_seq_len: int | None, max_rows_per_cta: int = 32) -> Plan:
     """Rows per CTA and the split count. Splits only when batch x row tiles underfills the GPU,
     and never into splits shorter than min_tokens_per_split (when max_seq_len is known)."""
-    rows_per_cta = ROWS_PER_CTA_CHOICES[0] if rows_per_request <= ROWS_PER_CTA_CHOICES[0] else ROWS_PER_CTA_CHOICES[1]
+    rows_per_cta = forced_rows_per_cta() or (
+        ROWS_PER_CTA_CHOICES[0] if rows_per_request <= ROWS_PER_CTA_CHOICES[0] else max_rows_per_cta)
     row_tiles = math.ceil(rows_per_request / rows_per_cta)
     ctas = max(1, batch * row_tiles)
     target = math.ceil(tuning["waves"] * facts.sm_count * ctas_per_sm(facts, smem_per_cta_of(rows_per_cta)))
@@ -91,18 +98,32 @@ def plan_launch(batch: int, rows_per_request: int, facts: DeviceFacts, smem_per_
     return Plan(rows_per_cta, row_tiles, max(1, splits), target)
 
 
+def workspace_rows(facts: DeviceFacts, tuning: dict, min_smem_per_cta: int) -> int:
+    """Rows of the split workspace: enough for the largest split grid plan_launch can make
+    (ctas * splits <= target when splits > 1), at the widest row tile."""
+    max_target = math.ceil(tuning["waves"] * facts.sm_count * ctas_per_sm(facts, min_smem_per_cta))
+    return max_target * ROWS_PER_CTA_CHOICES[-1]
+
+
 def workspace(device: torch.device, facts: DeviceFacts, tuning: dict, min_smem_per_cta: int):
-    """Per-device split workspace, sized once for the largest split grid plan_launch can make:
-    ctas * splits <= max(ctas, target) and splits > 1 only when ctas < target, so <= target."""
-    index = device.index
-    ws = _workspaces.get(index)
+    """Per-device split workspace, allocated on first use and reused (CUDA-graph safe)."""
+    ws = _workspaces.get(device.index)
     if ws is None:
-        max_target = math.ceil(tuning["waves"] * facts.sm_count * ctas_per_sm(facts, min_smem_per_cta))
-        rows = max_target * ROWS_PER_CTA_CHOICES[-1]
+        rows = workspace_rows(facts, tuning, min_smem_per_cta)
         ws = (torch.empty(rows, V_DIM, dtype=torch.float32, device=device),
               torch.empty(rows, dtype=torch.float32, device=device))
-        _workspaces[index] = ws
+        _workspaces[device.index] = ws
     return ws
+
+
+def forced_rows_per_cta() -> int | None:
+    """MLA_PLUGIN_ROWS_PER_CTA=16|32 pins the row tiling (tuning sweeps); unset, the plan decides."""
+    value = os.environ.get(ROWS_ENV)
+    if not value:
+        return None
+    if value not in {str(r) for r in ROWS_PER_CTA_CHOICES}:
+        raise ValueError(f"{ROWS_ENV}: expected one of {ROWS_PER_CTA_CHOICES}, got {value!r}")
+    return int(value)
 
 
 def forced_splits() -> int | None:
@@ -124,37 +145,66 @@ def _scale(value, device: torch.device, name: str):
             raise ValueError(f"{name}: expected one element, got shape {tuple(value.shape)}")
         if value.device != device:
             raise ValueError(f"{name}: expected a tensor on {device}, got {value.device}")
-        return value.reshape(1).to(torch.float32), 1.0
+        # The kernel reads one float32 through the pointer: any shape of one element will do.
+        return (value if value.dtype == torch.float32 else value.to(torch.float32)), 1.0
     return None, float(value)
+
+
+@dataclass(frozen=True)
+class LaunchShape:
+    """Everything the plan depends on; hashable, so plans are computed once per shape."""
+    device_index: int
+    kv: str
+    q: str
+    out: str
+    batch: int
+    rows_per_request: int
+    split_cap: int | None  # ceil(max_seq_len / min_tokens_per_split), or None when unknown
+    forced_splits: int | None
+    forced_rows: int | None
+
+
+@functools.lru_cache(maxsize=4096)
+def launch_plan(shape: LaunchShape):
+    """(rows_per_cta, splits, partial_out, partial_lse) for a shape: splits fitted to the
+    device's split workspace, which is allocated here on first need."""
+    ext = extension()
+    facts = device_facts(shape.device_index)
+    tuning = configs.tuning_for(facts.name)
+
+    def smem_of(rows: int) -> int:
+        return ext.smem_bytes(shape.kv, shape.q, shape.out, rows)
+
+    max_seq_len = None if shape.split_cap is None else shape.split_cap * int(tuning["min_tokens_per_split"])
+    plan = plan_launch(shape.batch, shape.rows_per_request, facts, smem_of, tuning, max_seq_len,
+                       MAX_ROWS_PER_CTA[shape.kv])
+    splits = shape.forced_splits or plan.num_splits
+    if splits == 1:
+        return plan.rows_per_cta, 1, None, None
+    device = torch.device("cuda", shape.device_index)
+    partial_out, partial_lse = workspace(device, facts, tuning, min(smem_of(r) for r in ROWS_PER_CTA_CHOICES))
+    capacity_ctas = partial_lse.shape[0] // plan.rows_per_cta
+    splits = max(1, min(splits, capacity_ctas // max(1, shape.batch * plan.row_tiles)))
+    return plan.rows_per_cta, splits, partial_out, partial_lse
 
 
 def launch(q_nope, q_pe, kv_cache, block_table, seq_lens, out, lse, *, softmax_scale,
            kv_scale=None, q_scale=None, query_len=1, causal=True, max_seq_len=None) -> None:
     ext = extension()
     device = q_nope.device
-    facts = device_facts(device.index)
-    tuning = configs.tuning_for(facts.name)
-    kv_name = _DTYPE_NAMES[kv_cache.dtype]
-    q_name = _DTYPE_NAMES[q_nope.dtype]
-    out_name = _DTYPE_NAMES[out.dtype]
-
-    def smem_of(rows: int) -> int:
-        return ext.smem_bytes(kv_name, q_name, out_name, rows)
-
-    batch = seq_lens.shape[0]
-    plan = plan_launch(batch, query_len * q_nope.shape[1], facts, smem_of, tuning, max_seq_len)
-    partial_out = partial_lse = None
-    splits = forced_splits() or plan.num_splits
-    if splits > 1:
-        min_smem = min(smem_of(r) for r in ROWS_PER_CTA_CHOICES)
-        partial_out, partial_lse = workspace(device, facts, tuning, min_smem)
-        capacity_ctas = partial_lse.shape[0] // plan.rows_per_cta
-        splits = max(1, min(splits, capacity_ctas // max(1, batch * plan.row_tiles)))
+    split_cap = None
+    if max_seq_len:
+        facts = device_facts(device.index)
+        split_cap = -(-int(max_seq_len) // int(configs.tuning_for(facts.name)["min_tokens_per_split"]))
+    shape = LaunchShape(device.index, _DTYPE_NAMES[kv_cache.dtype], _DTYPE_NAMES[q_nope.dtype],
+                        _DTYPE_NAMES[out.dtype], seq_lens.shape[0], query_len * q_nope.shape[1],
+                        split_cap, forced_splits(), forced_rows_per_cta())
+    rows_per_cta, splits, partial_out, partial_lse = launch_plan(shape)
     kv_scale_t, kv_scale_v = _scale(kv_scale, device, "kv_scale")
     q_scale_t, q_scale_v = _scale(q_scale, device, "q_scale")
     ext.decode(q_nope, q_pe, kv_cache, block_table, seq_lens, out, lse, partial_out, partial_lse,
                float(softmax_scale), kv_scale_t, kv_scale_v, q_scale_t, q_scale_v, int(query_len),
-               bool(causal), plan.rows_per_cta, splits)
+               bool(causal), rows_per_cta, splits)
 
 
 def mma_sync_peak_tflops(device=None, iterations: int = 2048, repeats: int = 5) -> float:

@@ -104,15 +104,15 @@ def mla_decode(
 
 def _launch_cuda(args, out, lse, *, softmax_scale, kv_scale, q_scale, query_len, causal,
                  max_seq_len) -> None:
-    """The kernel, on the tensors' own device (not necessarily the current one)."""
-    with torch.cuda.device(args.device):
-        dispatch.launch(
-            args.q_nope, args.q_pe, args.kv_cache, args.block_table, args.seq_lens,
-            out, lse, softmax_scale=float(softmax_scale),
-            kv_scale=_plain_scale(kv_scale), q_scale=_plain_scale(q_scale),
-            query_len=int(query_len), causal=causal,
-            max_seq_len=None if max_seq_len is None else int(max_seq_len),
-        )
+    """The kernel, on the tensors' own device (not necessarily the current one): the binding
+    guards that device and launches on its current stream."""
+    dispatch.launch(
+        args.q_nope, args.q_pe, args.kv_cache, args.block_table, args.seq_lens,
+        out, lse, softmax_scale=float(softmax_scale),
+        kv_scale=_plain_scale(kv_scale), q_scale=_plain_scale(q_scale),
+        query_len=int(query_len), causal=causal,
+        max_seq_len=None if max_seq_len is None else int(max_seq_len),
+    )
 
 
 def _plain_scale(scale):

@@ -88,7 +88,7 @@ def cpu_device(monkeypatch):
         name = "ours" if fn.__qualname__.startswith("prepare_ours") else "triton"
         return [timings[name]] * reps
 
-    monkeypatch.setattr(bench_device, "time_us", time_us)
+    monkeypatch.setattr(bench_device, "time_us_graph", time_us)
     monkeypatch.setattr(bench_device, "synchronize", lambda: None)
     monkeypatch.setattr(bench_device, "release_cached_memory", lambda: None)
     monkeypatch.setattr(bench_device, "free_bytes", lambda d: 64 << 30)

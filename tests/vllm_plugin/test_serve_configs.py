@@ -22,16 +22,6 @@ EXPECTED = {
 }
 
 
-@pytest.fixture(scope="module")
-def serve_parser():
-    from vllm.entrypoints.cli.serve import ServeSubcommand
-    from vllm.utils.argparse_utils import FlexibleArgumentParser
-
-    parser = FlexibleArgumentParser(prog="vllm")
-    ServeSubcommand().subparser_init(parser.add_subparsers(dest="subparser"))
-    return parser
-
-
 def test_every_serve_config_is_checked():
     assert sorted(p.name for p in SERVE_DIR.glob("*.yaml")) == sorted(EXPECTED)
 

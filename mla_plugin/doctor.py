@@ -56,7 +56,7 @@ def render_text(facts: Facts, verdict: Verdict) -> str:
         f"  nvcc         {nvcc_line}",
         f"  entry point  {entry_line}",
         f"  backend      {backend_line}",
-        f"  kernels      looked up in {kernels or ''}{facts.cache_dir}",
+        f"  kernels      looked up in {kernels or ''}{_or(facts.cache_dir, 'the cache')}",
         f"GPUs: {len(verdict.gpus)} visible",
     ]
     for g in verdict.gpus:

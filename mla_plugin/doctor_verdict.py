@@ -62,7 +62,7 @@ def why_not_served(gpu: GpuFacts, allow_sm90: bool) -> str | None:
         return (f"Hopper (compute capability 9.0) is served only on test machines with "
                 f"{ALLOW_SM90_ENV}=1; {BACKEND} is for SM120/SM121")
     if not capability_served(major, minor, allow_sm90):
-        return (f"compute capability {major}.{minor} is not served: {BACKEND} runs on SM120/SM121 "
+        return (f"compute capability {major}.{minor} is not SM12x: {BACKEND} runs on SM120/SM121 "
                 f"(RTX 50xx, RTX PRO 6000, DGX Spark); use --attention-backend TRITON_MLA or let "
                 f"vLLM choose")
     if arch not in SUPPORTED_ARCHS:
@@ -153,12 +153,13 @@ def _warnings(facts: Facts, gpus: list[GpuVerdict]) -> list[str]:
         skipped = ", ".join(f"GPU {g.index} ({g.name})" for g in gpus if not g.served)
         warnings.append(f"{skipped} not served; vLLM takes the first visible GPUs, so set "
                         f"CUDA_VISIBLE_DEVICES={keep}")
+    all_missing = bool(served) and all(g.kernel == "missing" for g in served)  # no-kernel says it
     for g in served:
         if g.kernel == "jit":
             warnings.append(f"GPU {g.index}: no prebuilt kernel for sm_{g.arch.replace('.', '')}; "
                             f"the first request builds it (1-3 minutes); build it ahead with "
                             f"`python -m mla_plugin build --arch {g.arch}`")
-        elif g.kernel == "missing":
+        elif g.kernel == "missing" and not all_missing:
             warnings.append(f"GPU {g.index}: {g.kernel_detail}")
     if any(g.served and g.capability == "9.0" for g in gpus):
         warnings.append(f"serving Hopper for testing only ({ALLOW_SM90_ENV}=1)")

@@ -95,6 +95,14 @@ def test_no_kernel_and_no_nvcc_blocks_with_the_build_recipe():
     assert "12.0a" in text and "python -m mla_plugin build --arch 12.0a" in text
     assert "MLA_PLUGIN_PREBUILT_DIR" in text
     assert verdict.gpus[0].kernel == "missing"
+    assert verdict.warnings == []  # the problem says it once
+
+
+def test_a_gpu_without_a_kernel_beside_one_with_is_a_warning():
+    verdict = doctor_verdict.diagnose(machine(rtx5090(0), gb10(1, prebuilt=None), nvcc=None))
+    assert verdict.ok and [g.kernel for g in verdict.gpus] == ["prebuilt", "missing"]
+    assert any(w.startswith("GPU 1: none built for sm_121a") for w in verdict.warnings)
+    assert verdict.serve_command.startswith("CUDA_VISIBLE_DEVICES=0 vllm serve <model>")
 
 
 def test_a_prebuilt_kernel_needs_no_nvcc():

@@ -74,10 +74,7 @@ class XqaMlaBackend(MLACommonBackend):
     def supports_compute_capability(cls, capability: DeviceCapability) -> bool:
         if capability is None:
             return False
-        if capability.major == 12:
-            return True
-        # Hopper runs the same mma.sync / TMA code (sm_90a build): test machines only.
-        return (capability.major, capability.minor) == (9, 0) and refusals.sm90_allowed()
+        return refusals.capability_served(capability.major, capability.minor)
 
     @classmethod
     def supports_non_causal(cls) -> bool:

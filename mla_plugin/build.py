@@ -105,7 +105,10 @@ def parse_archs(text: str) -> list[str]:
 def arch_of_device(device=None) -> str:
     import torch
 
-    major, minor = torch.cuda.get_device_capability(device)
+    try:
+        major, minor = torch.cuda.get_device_capability(device)
+    except (RuntimeError, AssertionError) as exc:  # no driver, no GPU, CPU-only torch
+        raise RuntimeError(f"mla_plugin: no CUDA GPU to take the kernel arch from ({exc})") from exc
     return f"{major}.{minor}a"
 
 
@@ -160,13 +163,20 @@ def _library_in(folder: Path) -> Path | None:
     return libs[0] if libs else None
 
 
+def _manifests(root: Path) -> list[Path]:
+    """Build manifests in a search root: the root itself is a build folder when it was
+    `build --out ROOT`; the cache holds one build folder per key below it."""
+    if not root.is_dir():
+        return []
+    own = root / "manifest.json"
+    return ([own] if own.is_file() else []) + sorted(root.glob("*/manifest.json"))
+
+
 def find_prebuilt(arch: str) -> Path | None:
     """A build folder whose manifest matches these sources and torch and contains `arch`."""
     key = current_key([arch])
     for root in search_roots():
-        if not root.is_dir():
-            continue
-        for manifest in sorted(root.glob("*/manifest.json")):
+        for manifest in _manifests(root):
             try:
                 m = json.loads(manifest.read_text())
             except (OSError, ValueError):
@@ -184,7 +194,7 @@ def list_builds() -> list[dict]:
     out = []
     sources, torch_version = source_hash(), torch.__version__.split("+")[0]
     for root in search_roots():
-        for manifest in sorted(root.glob("*/manifest.json")) if root.is_dir() else []:
+        for manifest in _manifests(root):
             try:
                 m = json.loads(manifest.read_text())
             except (OSError, ValueError):
@@ -213,7 +223,8 @@ def build(archs: list[str], out_dir: Path | None = None, verbose: bool = True) -
         f'#pragma once\n#define MLA_BUILT_ARCHS "{arch_tag(archs)}"\n')
     src = csrc_dir()
     sources = [str(src / BINDING_SOURCE)] + [str(src / s) for s in KERNEL_SOURCES]
-    log(f"building CUDA kernels for sm_{arch_tag(archs)} into {folder} (once; 1-3 minutes)")
+    log(f"building CUDA kernels for sm_{arch_tag(archs)} from {len(sources)} sources in {src} "
+        f"into {folder} (once; 1-3 minutes)")
     start = time.time()
     cpp_ext.load(
         name=EXTENSION_NAME,
@@ -226,7 +237,7 @@ def build(archs: list[str], out_dir: Path | None = None, verbose: bool = True) -
         is_python_module=True,
     )
     (folder / "manifest.json").write_text(json.dumps(key.manifest(), indent=2) + "\n")
-    log(f"built in {time.time() - start:.0f} s")
+    log(f"built sm_{arch_tag(archs)} in {time.time() - start:.0f} s: {folder}")
     return folder
 
 
@@ -396,8 +407,11 @@ def main(args) -> int:
             archs = list(SUPPORTED_ARCHS)
         else:
             archs = [arch_of_device()]
-    except (ValueError, RuntimeError, AssertionError) as exc:
-        log(f"error: {exc}" if str(exc) else "error: no CUDA GPU visible; pass --arch (e.g. --arch 12.0a,12.1a)")
+    except ValueError as exc:
+        log(f"error: {exc}")
+        return 2
+    except RuntimeError as exc:  # arch_of_device: no GPU
+        log(f"error: {exc}; to build without a GPU, pass --arch (e.g. --arch 12.0a,12.1a)")
         return 2
     if args.ptxas_check:
         failures = 0

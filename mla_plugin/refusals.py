@@ -24,6 +24,18 @@ def sm90_allowed() -> bool:
     return os.environ.get(ALLOW_SM90_ENV) == "1"
 
 
+def capability_served(major: int, minor: int, allow_sm90: bool | None = None) -> bool:
+    """The GPUs the backend serves: every SM 12.x, and Hopper 9.0 (the same mma.sync / TMA
+    code, built for sm_90a) only on test machines with MLA_PLUGIN_ALLOW_SM90=1 (read from
+    the environment unless `allow_sm90` is given). One rule for
+    backend.supports_compute_capability and `doctor`."""
+    if major == 12:
+        return True
+    if allow_sm90 is None:
+        allow_sm90 = sm90_allowed()
+    return (major, minor) == (9, 0) and allow_sm90
+
+
 def head_size(value) -> str:
     return (f"head size {value} not supported: {BACKEND} needs {HEAD_SIZE} (kv_lora_rank "
             f"512 + qk_rope_head_dim 64, as in DeepSeek V2/V3/R1 and Kimi K2); use "

@@ -93,3 +93,15 @@ def tiny_model_dir(tmp_path_factory, tiny_model_config) -> Path:
     path = tmp_path_factory.mktemp("tiny-deepseek-v3")
     (path / "config.json").write_text(json.dumps(tiny_model_config))
     return path
+
+
+@pytest.fixture(scope="session")
+def serve_parser():
+    """`vllm serve`'s argument parser, built as vLLM's CLI builds it (FlexibleArgumentParser
+    with the serve subcommand): parse ["serve", ...] with it."""
+    from vllm.entrypoints.cli.serve import ServeSubcommand
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    parser = FlexibleArgumentParser(prog="vllm")
+    ServeSubcommand().subparser_init(parser.add_subparsers(dest="subparser"))
+    return parser

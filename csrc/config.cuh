@@ -107,7 +107,7 @@ struct DecodeConfig {
   static constexpr int OFF_Q = 0;
   static constexpr int OFF_KV = OFF_Q + Q_BYTES;
   static constexpr int FIXED_BYTES = Q_BYTES + S_PART_BYTES + ROWS * 4 + 2 * 2 * NUM_PANELS * 8;
-  static constexpr int RING_MAX_BY_BUDGET = (SMEM_BUDGET - 1024 - FIXED_BYTES) / PANEL_BYTES;
+  static constexpr int RING_MAX_BY_BUDGET = (SMEM_BUDGET - FIXED_BYTES) / PANEL_BYTES;
   static constexpr int RING = RING_MAX_BY_BUDGET < 2 * NUM_PANELS ? RING_MAX_BY_BUDGET : 2 * NUM_PANELS;
   static_assert(RING >= NUM_PANELS, "the ring must hold one whole tile");
   static constexpr int OFF_S_PART = OFF_KV + RING * PANEL_BYTES;

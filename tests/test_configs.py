@@ -10,13 +10,14 @@ import pytest
 
 from mla_plugin import _paths, configs
 
-TUNING_FILES = ("gb10.yaml", "h100.yaml", "rtx5090.yaml", "rtx_pro_6000.yaml")
+TUNING_FILES = ("gb10.yaml", "h100.yaml", "h200.yaml", "rtx5090.yaml", "rtx_pro_6000.yaml")
 # Names as torch.cuda.get_device_name() reports them.
 DEVICE_NAMES = {
     "rtx5090.yaml": "NVIDIA GeForce RTX 5090",
     "rtx_pro_6000.yaml": "NVIDIA RTX PRO 6000 Blackwell Workstation Edition",
     "gb10.yaml": "NVIDIA GB10",
     "h100.yaml": "NVIDIA H100 80GB HBM3",
+    "h200.yaml": "NVIDIA H200",
 }
 SERVE_CONFIGS = (
     "deepseek-v2-lite-bf16-tp1.yaml",

@@ -1,0 +1,35 @@
+"""Representative decode launches for compute-sanitizer (scripts/sanitize.sh): both cache dtypes,
+split-KV over a ragged batch with padding rows, query_len 2, 128 heads, garbage table tails.
+Small shapes: the sanitizer slows kernels down a hundredfold."""
+
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from tests.gpu.cases import Case, make_inputs, run_op  # noqa: E402
+
+CASES = [
+    Case(dtype="bf16", heads=16, block_size=16, seq_lens=[700, 0, 33, 1], query_len=2),
+    Case(dtype="fp8", heads=16, block_size=64, seq_lens=[700, 0, 33, 1], query_len=2, kv_scale=0.5),
+    Case(dtype="bf16", heads=128, block_size=64, seq_lens=[300, 65]),
+    Case(dtype="fp8", heads=128, block_size=32, seq_lens=[300, 65], query_len=2),
+    Case(dtype="fp16", heads=20, block_size=128, seq_lens=[129, 2]),
+]
+
+
+def main() -> int:
+    for case in CASES:
+        out, lse = run_op(case, make_inputs(case))
+        torch.cuda.synchronize()
+        bad = int(torch.isnan(out.float()).sum())
+        print(f"{case}: ran, {bad} NaN", flush=True)
+        if bad:
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

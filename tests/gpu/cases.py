@@ -64,6 +64,13 @@ def _q_dtype(case: Case) -> torch.dtype:
 
 
 def make_inputs(case: Case, device="cuda") -> Inputs:
+    # Some torch ops launch on the current device: build everything with `device` current.
+    device = torch.device(device)
+    with torch.cuda.device(device) if device.type == "cuda" else _no_device():
+        return _make_inputs(case, device)
+
+
+def _make_inputs(case: Case, device: torch.device) -> Inputs:
     gen = torch.Generator(device="cpu").manual_seed(case.seed)
     B, H, T = case.batch, case.heads, case.batch * case.query_len
     bs = case.block_size
@@ -137,13 +144,23 @@ Q_FP8_EXPONENT = 8  # csrc/decode_kernel.cuh: a row's |q| max lands in [2^7, 2^8
 
 def emulate_kernel_q(q16: torch.Tensor) -> torch.Tensor:
     """The kernel's per-row e4m3 quantisation of a 16-bit q, dequantised. The scale is a power
-    of two (amax = m * 2^e, m in [0.5, 1): scale 2^(e - 8)), so this is exact, bit for bit."""
-    q32 = q16.to(torch.float32)
-    amax = q32.abs().amax(dim=-1, keepdim=True)
-    _, exponent = torch.frexp(amax)
-    scale = torch.where(amax > 0, torch.ldexp(torch.ones_like(amax), exponent - Q_FP8_EXPONENT),
-                        torch.ones_like(amax))
-    return (q32 / scale).to(torch.float8_e4m3fn).to(torch.float32) * scale
+    of two (amax = m * 2^e, m in [0.5, 1): scale 2^(e - 8)), so this is exact, bit for bit.
+    The exponent comes from the float's bits (amax is a normal number or 0)."""
+    with torch.cuda.device(q16.device) if q16.is_cuda else _no_device():
+        q32 = q16.to(torch.float32)
+        amax = q32.abs().amax(dim=-1, keepdim=True)
+        biased = (amax.view(torch.int32) >> 23) & 0xFF  # frexp exponent e = biased - 126
+        scale_bits = (biased - 126 - Q_FP8_EXPONENT + 127) << 23
+        scale = torch.where(amax > 0, scale_bits.view(torch.float32), torch.ones_like(amax))
+        return (q32 / scale).to(torch.float8_e4m3fn).to(torch.float32) * scale
+
+
+class _no_device:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
 
 
 def run_op(case: Case, inp: Inputs, **kw):
@@ -157,9 +174,10 @@ def run_op(case: Case, inp: Inputs, **kw):
 def run_reference(case: Case, inp: Inputs):
     from mla_plugin.reference import mla_decode_reference
 
-    return mla_decode_reference(inp.q_for_reference, inp.kv_cache, inp.block_table, inp.seq_lens,
-                                softmax_scale=SOFTMAX_SCALE, kv_scale=inp.kv_scale,
-                                query_len=case.query_len, causal=case.causal)
+    with torch.cuda.device(inp.kv_cache.device):
+        return mla_decode_reference(inp.q_for_reference, inp.kv_cache, inp.block_table, inp.seq_lens,
+                                    softmax_scale=SOFTMAX_SCALE, kv_scale=inp.kv_scale,
+                                    query_len=case.query_len, causal=case.causal)
 
 
 def value_bound(case: Case, inp: Inputs) -> float:

@@ -28,9 +28,10 @@ def test_tensors_on_the_other_gpu(current, data, dtype, error_log):
         case = Case(dtype=dtype, heads=64 if dtype == "fp8" else 16, block_size=64,
                     seq_lens=[3000, 17, 0], query_len=2, seed=data)
         inp = make_inputs(case, device=f"cuda:{data}")
-        out, lse = run_op(case, inp)
+        out, lse = run_op(case, inp)  # our op, with the other GPU current
         assert out.device == torch.device("cuda", data) and torch.cuda.current_device() == current
-        err = measure(case, inp, out, lse)
+        with torch.cuda.device(data):  # the fp32 reference, on the data's own device
+            err = measure(case, inp, out, lse)
         error_log(case, err)
         assert_close(case, err)
     finally:

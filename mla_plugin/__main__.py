@@ -1,4 +1,4 @@
-"""Command line: python -m mla_plugin doctor | build | bench.
+"""Command line: python -m mla_plugin doctor | build | bench | tune.
 
 Each subcommand lives in its own module, which provides ``add_arguments(parser)`` and
 ``main(args) -> int``; this file only wires them together.
@@ -15,6 +15,7 @@ SUBCOMMANDS = {
     "doctor": ("mla_plugin.doctor", "check this machine can serve MLA_XQA_SM120"),
     "build": ("mla_plugin.build", "build the decode kernel ahead of time"),
     "bench": ("mla_plugin.bench", "time the decode kernel against TRITON_MLA"),
+    "tune": ("mla_plugin.tune", "regenerate this GPU's split-KV tuning table"),
 }
 
 

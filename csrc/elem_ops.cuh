@@ -11,45 +11,40 @@ namespace mla {
 template <Elem E>
 struct ElemOps;
 
-template <>
-struct ElemOps<Elem::BF16> {
-  using storage = __nv_bfloat16;
+// The two 16-bit types differ only in their CUDA types, conversions and mma instruction.
+template <class T, class T2, T2 (*FROM_FLOATS)(float, float), float2 (*TO_FLOATS)(T2),
+          void (*MMA)(float (&)[4], const uint32_t (&)[4], uint32_t, uint32_t)>
+struct Elem16Ops {
+  using storage = T;
   static __device__ __forceinline__ uint32_t pack2(float lo, float hi) {
-    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    const T2 v = FROM_FLOATS(lo, hi);
     uint32_t r;
     memcpy(&r, &v, 4);
     return r;
   }
   static __device__ __forceinline__ float2 unpack2(uint32_t v) {
-    __nv_bfloat162 h;
+    T2 h;
     memcpy(&h, &v, 4);
-    return __bfloat1622float2(h);
+    return TO_FLOATS(h);
   }
   static __device__ __forceinline__ void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
                                              uint32_t b1) {
-    mma_bf16_16816(d, a, b0, b1);
+    MMA(d, a, b0, b1);
   }
 };
 
+__device__ __forceinline__ __nv_bfloat162 bf16x2_from_floats(float lo, float hi) {
+  return __floats2bfloat162_rn(lo, hi);
+}
+__device__ __forceinline__ float2 bf16x2_to_floats(__nv_bfloat162 v) { return __bfloat1622float2(v); }
+__device__ __forceinline__ __half2 f16x2_from_floats(float lo, float hi) { return __floats2half2_rn(lo, hi); }
+__device__ __forceinline__ float2 f16x2_to_floats(__half2 v) { return __half22float2(v); }
+
 template <>
-struct ElemOps<Elem::FP16> {
-  using storage = __half;
-  static __device__ __forceinline__ uint32_t pack2(float lo, float hi) {
-    __half2 v = __floats2half2_rn(lo, hi);
-    uint32_t r;
-    memcpy(&r, &v, 4);
-    return r;
-  }
-  static __device__ __forceinline__ float2 unpack2(uint32_t v) {
-    __half2 h;
-    memcpy(&h, &v, 4);
-    return __half22float2(h);
-  }
-  static __device__ __forceinline__ void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
-                                             uint32_t b1) {
-    mma_f16_16816(d, a, b0, b1);
-  }
-};
+struct ElemOps<Elem::BF16>
+    : Elem16Ops<__nv_bfloat16, __nv_bfloat162, bf16x2_from_floats, bf16x2_to_floats, mma_bf16_16816> {};
+template <>
+struct ElemOps<Elem::FP16> : Elem16Ops<__half, __half2, f16x2_from_floats, f16x2_to_floats, mma_f16_16816> {};
 
 template <>
 struct ElemOps<Elem::E4M3> {

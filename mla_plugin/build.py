@@ -172,18 +172,23 @@ def _manifests(root: Path) -> list[Path]:
     return ([own] if own.is_file() else []) + sorted(root.glob("*/manifest.json"))
 
 
-def find_prebuilt(arch: str) -> Path | None:
-    """A build folder whose manifest matches these sources and torch and contains `arch`."""
-    key = current_key([arch])
+def _read_manifests():
+    """(build folder, manifest dict) for every readable manifest under the search roots."""
     for root in search_roots():
         for manifest in _manifests(root):
             try:
-                m = json.loads(manifest.read_text())
+                yield manifest.parent, json.loads(manifest.read_text())
             except (OSError, ValueError):
                 continue
-            if (m.get("sources") == key.sources and m.get("torch") == key.torch
-                    and arch in m.get("archs", []) and _library_in(manifest.parent)):
-                return manifest.parent
+
+
+def find_prebuilt(arch: str) -> Path | None:
+    """A build folder whose manifest matches these sources and torch and contains `arch`."""
+    key = current_key([arch])
+    for folder, m in _read_manifests():
+        if (m.get("sources") == key.sources and m.get("torch") == key.torch
+                and arch in m.get("archs", []) and _library_in(folder)):
+            return folder
     return None
 
 
@@ -191,18 +196,10 @@ def list_builds() -> list[dict]:
     """Every build folder found (for `doctor`), with whether it matches these sources/torch."""
     import torch
 
-    out = []
     sources, torch_version = source_hash(), torch.__version__.split("+")[0]
-    for root in search_roots():
-        for manifest in _manifests(root):
-            try:
-                m = json.loads(manifest.read_text())
-            except (OSError, ValueError):
-                continue
-            m["path"] = str(manifest.parent)
-            m["current"] = m.get("sources") == sources and m.get("torch") == torch_version
-            out.append(m)
-    return out
+    return [{**m, "path": str(folder),
+             "current": m.get("sources") == sources and m.get("torch") == torch_version}
+            for folder, m in _read_manifests()]
 
 
 # ---------------------------------------------------------------------------------- build

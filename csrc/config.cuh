@@ -51,8 +51,6 @@ struct DecodeConfig {
   static constexpr int ELEM_BYTES = ElemInfo<KV>::BYTES;
   static constexpr int ROW_BYTES = PANEL_CHANNELS * ELEM_BYTES;  // bytes per token per panel
   static constexpr int CHUNK_BYTES = 16;                         // ldmatrix row segment
-  static constexpr int CHUNKS_PER_ROW = ROW_BYTES / CHUNK_BYTES;
-  static constexpr int ELEMS_PER_CHUNK = CHUNK_BYTES / ELEM_BYTES;
   // Trap 3/4: the swizzle span is the box row; no box row wider than 128 B.
   static_assert(ROW_BYTES == 64 || ROW_BYTES == 128, "box row must be 64 B or 128 B");
 
@@ -128,14 +126,11 @@ __host__ __device__ constexpr uint32_t swizzle(int row, int chunk) {
                                ((chunk ^ ((row * ROW_BYTES / 128) % (ROW_BYTES / 16))) << 4));
 }
 
-// FP8 V via ldmatrix.trans.b16 + prmt (trap 7: one definition for writer and reader).
-// Within each 16-token group, mma k position k reads token kperm(k); P is written there.
+// FP8 V via ldmatrix.trans.b16 + prmt (trap 7: one definition for the V and P sides).
+// Within each 16-token group, mma k position k reads token fp8_token_of_k(k): the V
+// fragments are built in that order and P's A fragments take their S values from it.
 __host__ __device__ constexpr int fp8_token_of_k(int k) {
   return 2 * ((k % 16) / 4) + (k % 2) + 8 * ((k % 4) / 2) + 16 * (k / 16);
-}
-__host__ __device__ constexpr int fp8_k_of_token(int token) {
-  // inverse of fp8_token_of_k: token = 2q + e + 8j  ->  k = 4q + 2j + e
-  return 4 * ((token % 8) / 2) + 2 * ((token % 16) / 8) + (token % 2) + 16 * (token / 16);
 }
 
 }  // namespace mla

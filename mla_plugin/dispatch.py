@@ -30,8 +30,6 @@ from mla_plugin import build, configs
 
 V_DIM = 512
 ROWS_PER_CTA_CHOICES = (16, 32)
-# Tokens per KV tile of the kernel (csrc/config.cuh: DecodeConfig::TOKENS).
-TOKENS_PER_TILE = {"fp8": 64, "bf16": 32, "fp16": 32}
 SM90_RESERVED_SMEM_PER_CTA = 1024  # the driver keeps 1 KiB per CTA on sm_90+
 SPLITS_ENV = "MLA_PLUGIN_SPLITS"
 ROWS_ENV = "MLA_PLUGIN_ROWS_PER_CTA"

@@ -15,14 +15,20 @@ struct ElemInfo {
 };
 
 // MLA head geometry (DeepSeek V2/V3, Kimi K2): K = 512 latent + 64 RoPE channels, V = the latent.
-constexpr int HEAD_DIM = 576;
+// The Python side holds the same facts in mla_plugin/geometry.py (tests/test_geometry.py compares).
 constexpr int V_DIM = 512;
+constexpr int ROPE_DIM = 64;
+constexpr int HEAD_DIM = V_DIM + ROPE_DIM;
+constexpr int MAX_HEADS = 128;
+constexpr int MAX_QUERY_LEN = 8;
+constexpr int MIN_BLOCK_SIZE = 16;  // smallest page: a tile holds at most TOKENS / 16 pages
+constexpr int MAX_BLOCK_SIZE = 128;
 constexpr int PANEL_CHANNELS = 64;  // one TMA box row: 128 B in BF16/FP16, 64 B in FP8
 constexpr int NUM_PANELS = HEAD_DIM / PANEL_CHANNELS;
 constexpr int NUM_V_PANELS = V_DIM / PANEL_CHANNELS;
 static_assert(HEAD_DIM % PANEL_CHANNELS == 0 && V_DIM % PANEL_CHANNELS == 0, "panel split");
 
-constexpr int SMEM_BUDGET = 101376;  // SM12x: 99 KiB per block, used on every architecture
+constexpr int SMEM_BUDGET_BYTES = 101376;  // SM12x: 99 KiB per block, used on every architecture
 
 // KV: cache element type (also the shared-memory type of Q, K, V).
 // QIN: element type q arrives in (equal to KV for 16-bit caches; BF16/FP16/E4M3 for an FP8 cache).
@@ -63,7 +69,6 @@ struct DecodeConfig {
   static constexpr int TOKENS = FP8 ? 64 : 32;
   static constexpr int PANEL_BYTES = TOKENS * ROW_BYTES;  // one TMA panel: TOKENS x 64 channels
   static_assert(PANEL_BYTES % 1024 == 0, "panels stay 1024-byte aligned for the swizzle");
-  static constexpr int MIN_BLOCK_SIZE = 16;
   static constexpr int MAX_PAGES_PER_TILE = TOKENS / MIN_BLOCK_SIZE;
 
   // Warps: M_TILES groups of SLICES warps. Warp (m, k) computes a partial S = Q K^T of m-tile m
@@ -105,7 +110,7 @@ struct DecodeConfig {
   static constexpr int OFF_Q = 0;
   static constexpr int OFF_KV = OFF_Q + Q_BYTES;
   static constexpr int FIXED_BYTES = Q_BYTES + S_PART_BYTES + ROWS * 4 + 2 * 2 * NUM_PANELS * 8;
-  static constexpr int RING_MAX_BY_BUDGET = (SMEM_BUDGET - FIXED_BYTES) / PANEL_BYTES;
+  static constexpr int RING_MAX_BY_BUDGET = (SMEM_BUDGET_BYTES - FIXED_BYTES) / PANEL_BYTES;
   static constexpr int RING = RING_MAX_BY_BUDGET < 2 * NUM_PANELS ? RING_MAX_BY_BUDGET : 2 * NUM_PANELS;
   static_assert(RING >= NUM_PANELS, "the ring must hold one whole tile");
   static constexpr int OFF_S_PART = OFF_KV + RING * PANEL_BYTES;
@@ -114,7 +119,7 @@ struct DecodeConfig {
   static constexpr int SMEM_BYTES = OFF_BARRIERS + 2 * RING * 8;
   static_assert(OFF_KV % 1024 == 0, "swizzled buffers 1024-B aligned");
   static_assert(OFF_S_PART % 16 == 0, "float4 partials");
-  static_assert(SMEM_BYTES <= SMEM_BUDGET, "SM12x shared-memory budget");
+  static_assert(SMEM_BYTES <= SMEM_BUDGET_BYTES, "SM12x shared-memory budget");
 };
 
 // Byte offset of (row, 16-byte chunk) in a panel of ROW_BYTES-wide rows, as TMA's

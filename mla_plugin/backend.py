@@ -29,7 +29,7 @@ from vllm.v1.attention.backend import (
     max_decode_query_len,
 )
 
-from mla_plugin import ops, refusals
+from mla_plugin import geometry, ops, refusals
 from mla_plugin.registration import BACKEND_NAME
 
 _FP8 = torch.float8_e4m3fn
@@ -217,7 +217,7 @@ def _refuse_unsupported(*, head_size, alibi_slopes, sliding_window, kv_cache_dty
         raise ValueError(refusals.kv_cache_dtype(kv_cache_dtype))
     if head_size != refusals.HEAD_SIZE:
         raise ValueError(refusals.head_size(head_size))
-    if (kv_lora_rank, qk_rope_head_dim) != (512, 64):
+    if (kv_lora_rank, qk_rope_head_dim) != (geometry.LATENT_DIM, geometry.ROPE_DIM):
         raise ValueError(refusals.latent_dims(kv_lora_rank, qk_rope_head_dim))
     decode_query_len = max_decode_query_len(get_current_vllm_config())
     if decode_query_len > refusals.MAX_QUERY_LEN:

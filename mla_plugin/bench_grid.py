@@ -10,6 +10,8 @@ from __future__ import annotations
 import itertools
 from dataclasses import asdict, dataclass
 
+from mla_plugin import geometry
+
 DEFAULT_BATCHES = (1, 8, 32, 64, 128)
 DEFAULT_HEADS = (16, 32, 64, 128)
 DEFAULT_CONTEXTS = (1024, 4096, 16384, 32768)
@@ -23,9 +25,9 @@ QUICK_HEADS = (16, 128)
 QUICK_CONTEXTS = (1024, 4096)
 
 KV_DTYPES = ("bf16", "fp8")
-PAGE_SIZES = (16, 32, 64, 128)  # the op contract's block sizes
-MAX_QUERY_LEN = 8  # the op contract: query_len 1..8
-MAX_HEADS = 128
+PAGE_SIZES = geometry.BLOCK_SIZES  # the op contract's block sizes
+MAX_QUERY_LEN = geometry.MAX_QUERY_LEN  # the op contract: query_len 1..8
+MAX_HEADS = geometry.MAX_HEADS
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,8 @@ import statistics
 
 from mla_plugin.bench_grid import Shape
 
-KV_DIM = 576  # 512 latent (K and V) + 64 RoPE (K only)
-V_DIM = 512
-FLOP_PER_ROW_TOKEN = 2 * (KV_DIM + V_DIM)
+from mla_plugin.geometry import FLOP_PER_ROW_TOKEN, V_DIM
+from mla_plugin.geometry import HEAD_DIM as KV_DIM  # 512 latent (K and V) + 64 RoPE (K only)
 Q_ELEMENT_BYTES = 2  # q is bf16 for both cache dtypes
 OUT_ELEMENT_BYTES = 2
 KV_ELEMENT_BYTES = {"bf16": 2, "fp8": 1}

@@ -21,6 +21,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from mla_plugin.geometry import SMEM_BUDGET_BYTES
+
 EXTENSION_NAME = "mla_plugin_kernels"
 SUPPORTED_ARCHS = ("9.0a", "12.0a", "12.1a")
 KERNEL_SOURCES = (
@@ -33,7 +35,7 @@ KERNEL_SOURCES = (
 )
 BINDING_SOURCE = "binding.cpp"
 NVCC_FLAGS = ("-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo")
-SMEM_LIMIT_BYTES = 101376  # the SM12x per-block budget, checked on every arch
+SMEM_LIMIT_BYTES = SMEM_BUDGET_BYTES  # the SM12x per-block budget, checked on every arch
 _BUILD_FORMAT = 1  # bump when the build recipe changes in a way the sources don't show
 
 _loaded = None

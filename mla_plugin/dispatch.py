@@ -27,8 +27,8 @@ from dataclasses import dataclass
 import torch
 
 from mla_plugin import build, configs
+from mla_plugin.geometry import V_DIM
 
-V_DIM = 512
 ROWS_PER_CTA_CHOICES = (16, 32)
 SM90_RESERVED_SMEM_PER_CTA = 1024  # the driver keeps 1 KiB per CTA on sm_90+
 SPLITS_ENV = "MLA_PLUGIN_SPLITS"

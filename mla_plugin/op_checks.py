@@ -17,13 +17,9 @@ from typing import NoReturn
 
 import torch
 
-LATENT_DIM = 512  # q_nope / V / first part of K
-ROPE_DIM = 64  # q_pe / last part of K
-HEAD_DIM = LATENT_DIM + ROPE_DIM
-MAX_HEADS = 128
-MAX_QUERY_LEN = 8
-BLOCK_SIZES = (16, 32, 64, 128)
-ALIGN_BYTES = 16  # the kernel's 16-byte rule for pointers and row strides
+from mla_plugin.geometry import (  # noqa: F401  (re-exported: ops and tests use them from here)
+    ALIGN_BYTES, BLOCK_SIZES, HEAD_DIM, LATENT_DIM, MAX_HEADS, MAX_QUERY_LEN, ROPE_DIM,
+)
 
 FP8 = torch.float8_e4m3fn
 HALF_DTYPES = (torch.bfloat16, torch.float16)

@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import torch
 
-LATENT_DIM = 512  # kv_lora_rank: K and V
-ROPE_DIM = 64  # qk_rope_head_dim: K only
-HEAD_DIM = LATENT_DIM + ROPE_DIM
+from mla_plugin.geometry import HEAD_DIM, LATENT_DIM, ROPE_DIM  # noqa: F401
 
 # Gather the cache for this many fp32 elements at a time (~256 MiB) to bound memory.
 _GATHER_CHUNK_ELEMENTS = 64 * 1024 * 1024

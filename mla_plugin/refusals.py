@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import os
 
+from mla_plugin import geometry
+
 BACKEND = "MLA_XQA_SM120"
 ALLOW_SM90_ENV = "MLA_PLUGIN_ALLOW_SM90"
 SUPPORTED_KV_CACHE_DTYPES = ("auto", "float16", "bfloat16", "fp8", "fp8_e4m3")
-KERNEL_BLOCK_SIZES = (16, 32, 64, 128)
-HEAD_SIZE = 576  # kv_lora_rank 512 + qk_rope_head_dim 64
-MAX_QUERY_LEN = 8
+KERNEL_BLOCK_SIZES = geometry.BLOCK_SIZES
+HEAD_SIZE = geometry.HEAD_DIM  # kv_lora_rank 512 + qk_rope_head_dim 64
+MAX_QUERY_LEN = geometry.MAX_QUERY_LEN
 
 _OTHER_BACKEND = f"drop --attention-backend {BACKEND} and let vLLM choose"
 

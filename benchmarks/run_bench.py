@@ -10,7 +10,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mla_plugin import bench  # noqa: E402
+from mla_plugin.bench import cli as bench  # noqa: E402
 
 
 def main(argv=None) -> int:

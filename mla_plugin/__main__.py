@@ -12,9 +12,9 @@ import sys
 
 # subcommand -> (module, one-line help)
 SUBCOMMANDS = {
-    "doctor": ("mla_plugin.doctor", "check this machine can serve MLA_XQA_SM120"),
+    "doctor": ("mla_plugin.doctor.cli", "check this machine can serve MLA_XQA_SM120"),
     "build": ("mla_plugin.build", "build the decode kernel ahead of time"),
-    "bench": ("mla_plugin.bench", "time the decode kernel against TRITON_MLA"),
+    "bench": ("mla_plugin.bench.cli", "time the decode kernel against TRITON_MLA"),
     "tune": ("mla_plugin.tune", "regenerate this GPU's split-KV tuning table"),
 }
 

@@ -78,7 +78,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args) -> int:
     import torch
 
-    from mla_plugin import bench_device, bench_grid, bench_inputs, bench_kernels, ops
+    from mla_plugin import ops
+    from mla_plugin.bench import device as bench_device
+    from mla_plugin.bench import grid as bench_grid
+    from mla_plugin.bench import inputs as bench_inputs
+    from mla_plugin.bench import kernels as bench_kernels
 
     if not torch.cuda.is_available():
         print("mla_plugin tune: needs a CUDA GPU (torch.cuda.is_available() is False)", file=sys.stderr)

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from mla_plugin import bench_check
-from mla_plugin.bench_check import Tolerance, compare
+from mla_plugin.bench import check as bench_check
+from mla_plugin.bench.check import Tolerance, compare
 
 
 def _pair(seed=0, rows=4, heads=16):

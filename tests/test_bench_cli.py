@@ -16,7 +16,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_fakes sits beside the tests
 import bench_fakes  # noqa: E402
-from mla_plugin import bench, bench_device, bench_kernels  # noqa: E402
+from mla_plugin.bench import cli as bench
+from mla_plugin.bench import device as bench_device
+from mla_plugin.bench import kernels as bench_kernels
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -2,8 +2,8 @@
 
 import pytest
 
-from mla_plugin import bench_grid
-from mla_plugin.bench_grid import Shape, build_grid, grid_from_options
+from mla_plugin.bench import grid as bench_grid
+from mla_plugin.bench.grid import Shape, build_grid, grid_from_options
 
 
 def test_default_grid_is_the_full_issue_grid():

@@ -2,8 +2,8 @@
 
 import torch
 
-from mla_plugin import bench_inputs
-from mla_plugin.bench_grid import Shape
+from mla_plugin.bench import inputs as bench_inputs
+from mla_plugin.bench.grid import Shape
 
 
 def test_shapes_dtypes_and_scales():

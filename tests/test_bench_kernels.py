@@ -13,9 +13,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_fakes sits beside the tests
 import bench_fakes  # noqa: E402
-from mla_plugin import bench_kernels  # noqa: E402
-from mla_plugin.bench_grid import Shape  # noqa: E402
-from mla_plugin.bench_inputs import make_inputs  # noqa: E402
+from mla_plugin.bench import kernels as bench_kernels  # noqa: E402
+from mla_plugin.bench.grid import Shape  # noqa: E402
+from mla_plugin.bench.inputs import make_inputs  # noqa: E402
 
 SHARED_TOOL = Path(__file__).resolve().parents[1].parent / "shared" / "tools" / "fetch-triton-mla"
 

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from mla_plugin import bench_report
+from mla_plugin.bench import report as bench_report
 
 
 def _row(batch, heads, dtype, ours_us, triton_us, status="ok", note=""):

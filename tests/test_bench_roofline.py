@@ -4,8 +4,8 @@ import math
 
 import pytest
 
-from mla_plugin import bench_roofline as rl
-from mla_plugin.bench_grid import Shape
+from mla_plugin.bench import roofline as rl
+from mla_plugin.bench.grid import Shape
 
 
 def test_flop_per_kv_token_per_head_matches_design():

@@ -8,9 +8,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_fakes sits beside the tests
 import bench_fakes  # noqa: E402
-from mla_plugin import bench_runner  # noqa: E402
-from mla_plugin.bench_grid import Shape  # noqa: E402
-from mla_plugin.bench_runner import Contenders, RunSettings, bench_shape  # noqa: E402
+from mla_plugin.bench import runner as bench_runner  # noqa: E402
+from mla_plugin.bench.grid import Shape  # noqa: E402
+from mla_plugin.bench.runner import Contenders, RunSettings, bench_shape  # noqa: E402
 
 SMALL = Shape(batch=2, heads=16, context=96, dtype="bf16", page_size=32)
 

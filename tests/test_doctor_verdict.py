@@ -8,8 +8,10 @@ import json
 
 import pytest
 
-from mla_plugin import doctor, doctor_verdict, refusals
-from mla_plugin.doctor_facts import ENTRY_POINT_VALUE, Facts, GpuFacts
+from mla_plugin import refusals
+from mla_plugin.doctor import cli as doctor
+from mla_plugin.doctor import verdict as doctor_verdict
+from mla_plugin.doctor.facts import ENTRY_POINT_VALUE, Facts, GpuFacts
 
 PREBUILT = "/opt/mla_plugin/kernels/abc-torch2.14.0-sm120a-121a"
 NVCC = "/usr/local/cuda/bin/nvcc"

@@ -21,9 +21,9 @@ from typing import Callable
 
 import torch
 
-from mla_plugin.bench_grid import Shape
-from mla_plugin.bench_inputs import DecodeInputs
-from mla_plugin.bench_roofline import KV_DIM, V_DIM
+from mla_plugin.bench.grid import Shape
+from mla_plugin.bench.inputs import DecodeInputs
+from mla_plugin.bench.roofline import KV_DIM, V_DIM
 
 VLLM_TRITON_MODULE = "vllm.v1.attention.ops.triton_decode_attention"
 PEER_TRITON_MODULE = "triton_decode_attention"  # the file fetch-triton-mla writes

@@ -1,4 +1,4 @@
-"""`doctor`'s judgement: from Facts (doctor_facts.py) to what blocks serving, what to watch,
+"""`doctor`'s judgement: from Facts (facts.py) to what blocks serving, what to watch,
 and the serve command. Pure: no torch, no vLLM, no CUDA, so it is tested with made-up GPUs.
 
 A GPU is served when the backend's rule accepts its compute capability
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from mla_plugin.doctor_facts import (ENTRY_POINT_GROUP, ENTRY_POINT_NAME, ENTRY_POINT_VALUE,
+from mla_plugin.doctor.facts import (ENTRY_POINT_GROUP, ENTRY_POINT_NAME, ENTRY_POINT_VALUE,
                                      Facts, GpuFacts)
 from mla_plugin.build import SMEM_LIMIT_BYTES, SUPPORTED_ARCHS
 from mla_plugin.refusals import ALLOW_SM90_ENV, BACKEND, capability_served

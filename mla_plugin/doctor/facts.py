@@ -2,7 +2,7 @@
 
 Each probe catches its own failure and records it as text, so `doctor` runs (and says what
 is missing) on a machine without a GPU, without a CUDA toolkit, without vLLM or even without
-torch. doctor_verdict.py turns these facts into a verdict; tests build Facts by hand.
+torch. verdict.py turns these facts into a verdict; tests build Facts by hand.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ import platform
 
 import torch
 
-from mla_plugin.bench_roofline import copy_bandwidth_gbs, median
+from mla_plugin.bench.roofline import copy_bandwidth_gbs, median
 
 COPY_BUFFER_BYTES = 1 << 30  # per buffer: 20x an H100's 50 MB L2, so the copy runs from DRAM
 MIN_FLUSH_BYTES = 256 << 20

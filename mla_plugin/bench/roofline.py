@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import statistics
 
-from mla_plugin.bench_grid import Shape
+from mla_plugin.bench.grid import Shape
 
 from mla_plugin.geometry import FLOP_PER_ROW_TOKEN, V_DIM
 from mla_plugin.geometry import HEAD_DIM as KV_DIM  # 512 latent (K and V) + 64 RoPE (K only)

@@ -6,7 +6,7 @@ JIT / missing), the entry point and what MLA_XQA_SM120 resolves to in vLLM, and 
 command. Exit status: 0 when nothing blocks serving, 1 when something does (each reason
 printed as `BLOCKED <code>: <what and what to do>`).
 
-Facts come from doctor_facts.gather(), the judgement from doctor_verdict.diagnose().
+Facts come from facts.gather(), the judgement from verdict.diagnose().
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ import contextlib
 import json
 import sys
 
-from mla_plugin import doctor_facts, doctor_verdict
-from mla_plugin.doctor_facts import ENTRY_POINT_GROUP, ENTRY_POINT_NAME, Facts
-from mla_plugin.doctor_verdict import Verdict
+from mla_plugin.doctor import facts as doctor_facts
+from mla_plugin.doctor import verdict as doctor_verdict
+from mla_plugin.doctor.facts import ENTRY_POINT_GROUP, ENTRY_POINT_NAME, Facts
+from mla_plugin.doctor.verdict import Verdict
 from mla_plugin.refusals import BACKEND
 
 EXIT_OK = 0

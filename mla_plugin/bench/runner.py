@@ -12,10 +12,11 @@ from typing import Callable
 
 import torch
 
-from mla_plugin import bench_check, bench_kernels
-from mla_plugin.bench_grid import Shape
-from mla_plugin.bench_inputs import input_bytes, make_inputs
-from mla_plugin.bench_roofline import KV_DIM, decode_bytes, decode_flops, kernel_metrics, median
+from mla_plugin.bench import check as bench_check
+from mla_plugin.bench import kernels as bench_kernels
+from mla_plugin.bench.grid import Shape
+from mla_plugin.bench.inputs import input_bytes, make_inputs
+from mla_plugin.bench.roofline import KV_DIM, decode_bytes, decode_flops, kernel_metrics, median
 
 MEMORY_HEADROOM = 0.9  # use at most this share of the free device memory
 DEFAULT_REFERENCE_MAX_TOKENS = 16384

@@ -19,8 +19,10 @@ import os
 import sys
 import time
 
-from mla_plugin import bench_grid, bench_kernels, bench_report
-from mla_plugin.bench_runner import DEFAULT_REFERENCE_MAX_TOKENS, Contenders, RunSettings, bench_shape, preflight
+from mla_plugin.bench import grid as bench_grid
+from mla_plugin.bench import kernels as bench_kernels
+from mla_plugin.bench import report as bench_report
+from mla_plugin.bench.runner import DEFAULT_REFERENCE_MAX_TOKENS, Contenders, RunSettings, bench_shape, preflight
 
 MIN_REPS = 20
 DEFAULT_REPS = 30
@@ -67,7 +69,7 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as exc:
         return _refuse(str(exc))
 
-    from mla_plugin import bench_device  # imports torch: after the cheap option checks
+    from mla_plugin.bench import device as bench_device  # imports torch: after the cheap option checks
 
     missing = bench_device.cuda_missing_message()
     if missing:

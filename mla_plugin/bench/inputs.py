@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
-from mla_plugin.bench_grid import Shape
-from mla_plugin.bench_roofline import KV_DIM, V_DIM
+from mla_plugin.bench.grid import Shape
+from mla_plugin.bench.roofline import KV_DIM, V_DIM
 
 SOFTMAX_SCALE = 1.0 / math.sqrt(192)
 FP8_KV_SCALE = 0.05

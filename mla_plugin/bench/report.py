@@ -11,7 +11,7 @@ import json
 import math
 import os
 
-from mla_plugin.bench_roofline import geomean
+from mla_plugin.bench.roofline import geomean
 
 # (header, row key, width, format spec, suffix) of the printed table; the shape is left-aligned
 TABLE_COLUMNS = [

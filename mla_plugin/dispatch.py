@@ -3,7 +3,8 @@
 Interface used by ops.mla_decode after it has validated every argument:
 
     launch(q_nope, q_pe, kv_cache, block_table, seq_lens, out, lse, *,
-           softmax_scale, kv_scale, q_scale, query_len, causal, max_seq_len=None) -> None
+           softmax_scale, kv_scale, q_scale, query_len, causal, max_seq_len=None,
+           fp8_math=None) -> None
 
     q_nope      [T, H, 512]  bf16 / fp16, or float8_e4m3fn (then q_pe is a view of the same fp8 tensor)
     q_pe        [T, H, 64]   same dtype as q_nope; both may be strided, last dim contiguous
@@ -12,6 +13,7 @@ Interface used by ops.mla_decode after it has validated every argument:
     out         [T, H, 512]  bf16 / fp16, written in place
     lse         [T, H]       float32, written in place (natural log)
     kv_scale, q_scale: float, a 1-element float32 CUDA tensor, or None (1.0)
+    fp8_math    "fp16" | "e4m3" | None (then $MLA_PLUGIN_FP8_MATH, default "fp16"); FP8 caches only
 
 Everything here is host-side arithmetic on shapes: no device synchronisation, and after the
 first call on a device no allocation, so a launch can be captured in a CUDA graph.
@@ -26,19 +28,29 @@ from dataclasses import dataclass
 
 import torch
 
-from mla_plugin import build, configs
+from mla_plugin import build, configs, kernel_variants
 from mla_plugin.geometry import V_DIM
+from mla_plugin.kernel_variants import DEFAULT_FP8_MATH, FP8_MATH_MMA, Variant
 
-ROWS_PER_CTA_CHOICES = (16, 32)
 SM90_RESERVED_SMEM_PER_CTA = 1024  # the driver keeps 1 KiB per CTA on sm_90+
 SPLITS_ENV = "MLA_PLUGIN_SPLITS"
 ROWS_ENV = "MLA_PLUGIN_ROWS_PER_CTA"
+FP8_MATH_ENV = "MLA_PLUGIN_FP8_MATH"
+SM12X_RESIDENCY_ENV = "MLA_PLUGIN_SM12X_RESIDENCY"
 
 _DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float8_e4m3fn: "fp8"}
+ROWS_PER_CTA_CHOICES = tuple(sorted({v.rows for v in kernel_variants.variants()}))
 # Widest row tile per cache dtype. 16-bit caches stay at 16 rows: with 32 rows the Q tile and S
 # partials leave an 11-panel ring, too shallow to hide latency (H200, B32 H128 ctx4k: 289 us at
 # 16 rows vs 399 us at 32). FP8 tiles are half the bytes: 32 rows win there (355 vs 424 us).
 MAX_ROWS_PER_CTA = {"bf16": 16, "fp16": 16, "fp8": 32}
+
+# Every variant a launch plan has chosen in this process (the GPU suite checks it ran them all).
+_launched: set[Variant] = set()
+
+
+def launched_variants() -> frozenset[Variant]:
+    return frozenset(_launched)
 
 
 def extension():
@@ -75,19 +87,28 @@ class Plan:
     target_ctas: int
 
 
+MAX_CTAS_PER_SM = 2  # our CTAs use more than a third of any SM's shared memory
+
+
 def ctas_per_sm(facts: DeviceFacts, smem_per_cta: int) -> int:
-    return max(1, facts.smem_per_sm // (smem_per_cta + SM90_RESERVED_SMEM_PER_CTA))
+    return max(1, min(MAX_CTAS_PER_SM, facts.smem_per_sm // (smem_per_cta + SM90_RESERVED_SMEM_PER_CTA)))
 
 
 def plan_launch(batch: int, rows_per_request: int, facts: DeviceFacts, smem_per_cta_of, tuning: dict,
-                max_seq_len: int | None, max_rows_per_cta: int = 32) -> Plan:
+                max_seq_len: int | None, max_rows_per_cta: int = 32, one_cta_per_sm: bool = False) -> Plan:
     """Rows per CTA and the split count. Splits only when batch x row tiles underfills the GPU,
-    and never into splits shorter than min_tokens_per_split (when max_seq_len is known)."""
+    and never into splits shorter than min_tokens_per_split (when max_seq_len is known).
+
+    The split count is an upper bound: the kernel gives each split at least
+    min_tokens_per_split of the request's real length at run time, so a plan made for a
+    larger max_seq_len (vLLM captures its CUDA graphs at max_model_len) does the same work
+    on short requests; its extra splits find no tokens and exit before any load."""
     rows_per_cta = forced_rows_per_cta() or (
         ROWS_PER_CTA_CHOICES[0] if rows_per_request <= ROWS_PER_CTA_CHOICES[0] else max_rows_per_cta)
     row_tiles = math.ceil(rows_per_request / rows_per_cta)
     ctas = max(1, batch * row_tiles)
-    target = math.ceil(tuning["waves"] * facts.sm_count * ctas_per_sm(facts, smem_per_cta_of(rows_per_cta)))
+    per_sm = 1 if one_cta_per_sm else ctas_per_sm(facts, smem_per_cta_of(rows_per_cta))
+    target = math.ceil(tuning["waves"] * facts.sm_count * per_sm)
     # floor: a split grid just over one wave leaves a second, mostly idle wave.
     splits = max(1, target // ctas)
     splits = min(splits, int(tuning["max_splits"]))
@@ -96,22 +117,54 @@ def plan_launch(batch: int, rows_per_request: int, facts: DeviceFacts, smem_per_
     return Plan(rows_per_cta, row_tiles, max(1, splits), target)
 
 
-def workspace_rows(facts: DeviceFacts, tuning: dict, min_smem_per_cta: int) -> int:
+def workspace_rows(facts: DeviceFacts, tuning: dict) -> int:
     """Rows of the split workspace: enough for the largest split grid plan_launch can make
-    (ctas * splits <= target when splits > 1), at the widest row tile."""
-    max_target = math.ceil(tuning["waves"] * facts.sm_count * ctas_per_sm(facts, min_smem_per_cta))
+    (ctas * splits <= target when splits > 1, target at most waves x SMs x 2 CTAs per SM on
+    any GPU we serve), at the widest row tile."""
+    max_target = math.ceil(tuning["waves"] * facts.sm_count * MAX_CTAS_PER_SM)
     return max_target * ROWS_PER_CTA_CHOICES[-1]
 
 
-def workspace(device: torch.device, facts: DeviceFacts, tuning: dict, min_smem_per_cta: int):
+def workspace(device: torch.device, facts: DeviceFacts, tuning: dict):
     """Per-device split workspace, allocated on first use and reused (CUDA-graph safe)."""
     ws = _workspaces.get(device.index)
     if ws is None:
-        rows = workspace_rows(facts, tuning, min_smem_per_cta)
+        rows = workspace_rows(facts, tuning)
         ws = (torch.empty(rows, V_DIM, dtype=torch.float32, device=device),
               torch.empty(rows, dtype=torch.float32, device=device))
         _workspaces[device.index] = ws
     return ws
+
+
+def resolve_fp8_math(value: str | None = None) -> str:
+    """The FP8-cache math: `value` (the op's fp8_math argument) if given, else
+    $MLA_PLUGIN_FP8_MATH, else the default "fp16" (16-bit tensor cores, the cache's own rounding
+    the only error). "e4m3" is the explicit opt-in for e4m3 tensor cores (SM12x: twice the
+    16-bit rate; q and P rounded to e4m3, see README)."""
+    name = "fp8_math" if value is not None else FP8_MATH_ENV
+    if value is None:
+        value = os.environ.get(FP8_MATH_ENV) or DEFAULT_FP8_MATH
+    if value not in FP8_MATH_MMA:
+        raise ValueError(f"{name}: expected one of {tuple(FP8_MATH_MMA)}, got {value!r}")
+    return value
+
+
+def sm12x_residency() -> bool:
+    """MLA_PLUGIN_SM12X_RESIDENCY=1: launch as if on SM12x, one CTA per SM (bench emulation)."""
+    value = os.environ.get(SM12X_RESIDENCY_ENV, "")
+    if value not in ("", "0", "1"):
+        raise ValueError(f"{SM12X_RESIDENCY_ENV}: expected 0 or 1, got {value!r}")
+    return value == "1"
+
+
+def residency_smem_bytes(facts: DeviceFacts, smem_per_cta: int) -> int:
+    """Dynamic shared memory to request so that at most one CTA is resident per SM: on a GPU
+    whose SM fits two of our CTAs (Hopper: 228 KiB), just over half the SM; the CTA uses only
+    its own smem_per_cta of it. Unchanged where one CTA already fills the SM."""
+    if ctas_per_sm(facts, smem_per_cta) <= 1:
+        return smem_per_cta
+    half = facts.smem_per_sm // 2 - SM90_RESERVED_SMEM_PER_CTA
+    return (half // 16 + 1) * 16  # two of these and their reserves exceed the SM
 
 
 def forced_rows_per_cta() -> int | None:
@@ -155,54 +208,82 @@ class LaunchShape:
     kv: str
     q: str
     out: str
+    mma: str
     batch: int
     rows_per_request: int
     split_cap: int | None  # ceil(max_seq_len / min_tokens_per_split), or None when unknown
     forced_splits: int | None
     forced_rows: int | None
+    one_cta_per_sm: bool  # MLA_PLUGIN_SM12X_RESIDENCY
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    variant: Variant
+    num_splits: int
+    min_tiles_per_split: int
+    smem_bytes: int  # dynamic shared memory requested (above the kernel's own when emulating SM12x)
+    partial_out: torch.Tensor | None
+    partial_lse: torch.Tensor | None
 
 
 @functools.lru_cache(maxsize=4096)
-def launch_plan(shape: LaunchShape):
-    """(rows_per_cta, splits, partial_out, partial_lse) for a shape: splits fitted to the
-    device's split workspace, which is allocated here on first need."""
+def launch_plan(shape: LaunchShape) -> LaunchPlan:
+    """The variant, its split count fitted to the device's split workspace (allocated here on
+    first need), and the shared memory to request."""
     ext = extension()
     facts = device_facts(shape.device_index)
     tuning = configs.tuning_for(facts.name)
 
     def smem_of(rows: int) -> int:
-        return ext.smem_bytes(shape.kv, shape.q, shape.out, rows)
+        return ext.smem_bytes(shape.kv, shape.q, shape.out, shape.mma, rows)
 
     max_seq_len = None if shape.split_cap is None else shape.split_cap * int(tuning["min_tokens_per_split"])
     plan = plan_launch(shape.batch, shape.rows_per_request, facts, smem_of, tuning, max_seq_len,
-                       MAX_ROWS_PER_CTA[shape.kv])
+                       MAX_ROWS_PER_CTA[shape.kv], shape.one_cta_per_sm)
+    variant = kernel_variants.find(shape.kv, shape.q, shape.out, shape.mma, plan.rows_per_cta)
+    if variant is None:
+        raise ValueError(f"mla_plugin: no compiled kernel for kv={shape.kv} q={shape.q} out={shape.out} "
+                         f"mma={shape.mma} rows_per_cta={plan.rows_per_cta} (csrc/variants.def lists them)")
+    smem = smem_of(plan.rows_per_cta)
+    if shape.one_cta_per_sm:
+        smem = residency_smem_bytes(facts, smem)
+    tokens_per_tile = ext.tokens_per_tile(shape.kv, shape.q, shape.out, shape.mma, plan.rows_per_cta)
+    min_tiles = max(1, int(tuning["min_tokens_per_split"]) // tokens_per_tile)
     splits = shape.forced_splits or plan.num_splits
+    _launched.add(variant)
     if splits == 1:
-        return plan.rows_per_cta, 1, None, None
+        return LaunchPlan(variant, 1, min_tiles, smem, None, None)
     device = torch.device("cuda", shape.device_index)
-    partial_out, partial_lse = workspace(device, facts, tuning, min(smem_of(r) for r in ROWS_PER_CTA_CHOICES))
+    partial_out, partial_lse = workspace(device, facts, tuning)
     capacity_ctas = partial_lse.shape[0] // plan.rows_per_cta
     splits = max(1, min(splits, capacity_ctas // max(1, shape.batch * plan.row_tiles)))
-    return plan.rows_per_cta, splits, partial_out, partial_lse
+    if splits == 1:
+        return LaunchPlan(variant, 1, min_tiles, smem, None, None)
+    return LaunchPlan(variant, splits, min_tiles, smem, partial_out, partial_lse)
 
 
 def launch(q_nope, q_pe, kv_cache, block_table, seq_lens, out, lse, *, softmax_scale,
-           kv_scale=None, q_scale=None, query_len=1, causal=True, max_seq_len=None) -> None:
+           kv_scale=None, q_scale=None, query_len=1, causal=True, max_seq_len=None,
+           fp8_math=None) -> None:
     ext = extension()
     device = q_nope.device
     split_cap = None
     if max_seq_len:
         facts = device_facts(device.index)
         split_cap = -(-int(max_seq_len) // int(configs.tuning_for(facts.name)["min_tokens_per_split"]))
-    shape = LaunchShape(device.index, _DTYPE_NAMES[kv_cache.dtype], _DTYPE_NAMES[q_nope.dtype],
-                        _DTYPE_NAMES[out.dtype], seq_lens.shape[0], query_len * q_nope.shape[1],
-                        split_cap, forced_splits(), forced_rows_per_cta())
-    rows_per_cta, splits, partial_out, partial_lse = launch_plan(shape)
+    kv = _DTYPE_NAMES[kv_cache.dtype]
+    mma = kernel_variants.mma_for(kv, resolve_fp8_math(fp8_math)) if kv == "fp8" else kv
+    shape = LaunchShape(device.index, kv, _DTYPE_NAMES[q_nope.dtype], _DTYPE_NAMES[out.dtype], mma,
+                        seq_lens.shape[0], query_len * q_nope.shape[1], split_cap, forced_splits(),
+                        forced_rows_per_cta(), sm12x_residency())
+    plan = launch_plan(shape)
     kv_scale_t, kv_scale_v = _scale(kv_scale, device, "kv_scale")
     q_scale_t, q_scale_v = _scale(q_scale, device, "q_scale")
-    ext.decode(q_nope, q_pe, kv_cache, block_table, seq_lens, out, lse, partial_out, partial_lse,
+    ext.decode(q_nope, q_pe, kv_cache, block_table, seq_lens, out, lse, plan.partial_out, plan.partial_lse,
                float(softmax_scale), kv_scale_t, kv_scale_v, q_scale_t, q_scale_v, int(query_len),
-               bool(causal), rows_per_cta, splits)
+               bool(causal), plan.variant.mma, plan.variant.rows, plan.num_splits, plan.min_tiles_per_split,
+               plan.smem_bytes)
 
 
 def mma_sync_peak_tflops(device=None, iterations: int = 2048, repeats: int = 5) -> float:

@@ -35,6 +35,7 @@ def mla_decode(
     lse: torch.Tensor | None = None,
     return_lse: bool = False,
     max_seq_len: int | None = None,
+    fp8_math: str | None = None,
 ):
     """MLA decode attention over a paged latent KV cache.
 
@@ -65,6 +66,15 @@ def mla_decode(
         lse: optional [T, H] float32 contiguous output: natural-log sum of exp(scores).
         return_lse: return (out, lse) instead of out.
         max_seq_len: optional upper bound of seq_lens, a hint for the kernel's split.
+            A plan made for a larger bound (vLLM's CUDA graphs are captured at
+            max_model_len) costs nothing on short requests: splits that find no tokens
+            exit before any load.
+        fp8_math: FP8 caches only. "fp16" (the default) multiplies with 16-bit tensor
+            cores on the cache converted exactly from e4m3, q and P kept in 16 bit: the
+            cache's own rounding is the only error, as in TRITON_MLA. "e4m3" is the
+            explicit opt-in for e4m3 tensor cores (twice the 16-bit rate on SM12x, emulated
+            on Hopper): q and P are rounded to e4m3 too, several times the error (see
+            README). None takes $MLA_PLUGIN_FP8_MATH, else "fp16".
 
     Value checks (seq_lens within 0..max_blocks*block_size and >= query_len when causal
     and nonzero, used block_table entries within the cache, max_seq_len >= seq_lens)
@@ -80,6 +90,7 @@ def mla_decode(
         kv_scale=kv_scale, q_scale=q_scale, query_len=query_len, causal=causal,
         out=out, lse=lse, return_lse=return_lse, max_seq_len=max_seq_len,
     )
+    _check_fp8_math(fp8_math, args)
     on_cpu = args.device.type == "cpu"
     if on_cpu or os.environ.get(CHECK_VALUES_ENV) == "1":
         check_values(args, query_len=query_len, causal=causal, max_seq_len=max_seq_len)
@@ -98,12 +109,25 @@ def mla_decode(
     elif args.num_rows > 0:
         _launch_cuda(args, out, lse, softmax_scale=softmax_scale, kv_scale=kv_scale,
                      q_scale=q_scale, query_len=query_len, causal=causal,
-                     max_seq_len=max_seq_len)
+                     max_seq_len=max_seq_len, fp8_math=fp8_math)
     return (out, lse) if return_lse else out
 
 
+def _check_fp8_math(fp8_math, args) -> None:
+    """fp8_math names the math of an FP8 cache: refuse it for a 16-bit cache, and any
+    value (argument or environment) other than the two paths."""
+    if fp8_math is not None and args.kv_cache.dtype != torch.float8_e4m3fn:
+        raise ValueError(f"mla_decode: fp8_math applies to a float8_e4m3fn (or uint8) kv_cache; got "
+                         f"fp8_math={fp8_math!r} with a {args.kv_cache.dtype} cache (leave it None)")
+    if args.kv_cache.dtype == torch.float8_e4m3fn:
+        try:
+            dispatch.resolve_fp8_math(fp8_math)
+        except ValueError as exc:
+            raise ValueError(f"mla_decode: {exc}") from None
+
+
 def _launch_cuda(args, out, lse, *, softmax_scale, kv_scale, q_scale, query_len, causal,
-                 max_seq_len) -> None:
+                 max_seq_len, fp8_math) -> None:
     """The kernel, on the tensors' own device (not necessarily the current one): the binding
     guards that device and launches on its current stream."""
     dispatch.launch(
@@ -111,7 +135,7 @@ def _launch_cuda(args, out, lse, *, softmax_scale, kv_scale, q_scale, query_len,
         out, lse, softmax_scale=float(softmax_scale),
         kv_scale=_plain_scale(kv_scale), q_scale=_plain_scale(q_scale),
         query_len=int(query_len), causal=causal,
-        max_seq_len=None if max_seq_len is None else int(max_seq_len),
+        max_seq_len=None if max_seq_len is None else int(max_seq_len), fp8_math=fp8_math,
     )
 
 

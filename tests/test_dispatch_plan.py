@@ -60,3 +60,52 @@ def test_forced_splits_from_the_environment(monkeypatch):
         dispatch.forced_splits()
     monkeypatch.delenv(dispatch.SPLITS_ENV)
     assert dispatch.forced_splits() is None
+
+
+def test_fp8_math_default_env_and_argument(monkeypatch):
+    monkeypatch.delenv(dispatch.FP8_MATH_ENV, raising=False)
+    assert dispatch.resolve_fp8_math() == "fp16"
+    monkeypatch.setenv(dispatch.FP8_MATH_ENV, "e4m3")
+    assert dispatch.resolve_fp8_math() == "e4m3"
+    assert dispatch.resolve_fp8_math("fp16") == "fp16"  # the argument wins over the environment
+    with pytest.raises(ValueError, match=r"fp8_math: expected one of \('fp16', 'e4m3'\), got 'bf16'"):
+        dispatch.resolve_fp8_math("bf16")
+    monkeypatch.setenv(dispatch.FP8_MATH_ENV, "fast")
+    with pytest.raises(ValueError, match="MLA_PLUGIN_FP8_MATH: expected one of"):
+        dispatch.resolve_fp8_math()
+
+
+def test_sm12x_residency_switch(monkeypatch):
+    monkeypatch.delenv(dispatch.SM12X_RESIDENCY_ENV, raising=False)
+    assert dispatch.sm12x_residency() is False
+    monkeypatch.setenv(dispatch.SM12X_RESIDENCY_ENV, "1")
+    assert dispatch.sm12x_residency() is True
+    monkeypatch.setenv(dispatch.SM12X_RESIDENCY_ENV, "yes")
+    with pytest.raises(ValueError, match="MLA_PLUGIN_SM12X_RESIDENCY: expected 0 or 1"):
+        dispatch.sm12x_residency()
+
+
+def test_residency_smem_leaves_room_for_one_cta_only():
+    smem = 100704
+    reserve = dispatch.residency_smem_bytes(H100, smem)
+    assert reserve > smem and reserve % 16 == 0
+    assert dispatch.ctas_per_sm(H100, smem) == 2
+    assert dispatch.ctas_per_sm(H100, reserve) == 1  # two reserves + the driver's 1 KiB each > 228 KiB
+    assert reserve + dispatch.SM90_RESERVED_SMEM_PER_CTA <= H100.smem_per_sm  # one still fits
+    assert dispatch.residency_smem_bytes(RTX5090, smem) == smem  # SM12x: one CTA per SM already
+
+
+def test_one_cta_per_sm_plan_targets_one_cta_per_sm():
+    p = dispatch.plan_launch(32, 16, H100, smem_95k, TUNING, None, one_cta_per_sm=True)
+    assert p.target_ctas == 132 and p.num_splits == 4
+
+
+def test_workspace_covers_every_split_grid_the_plan_makes():
+    tuning = {"waves": 1.0, "max_splits": 256, "min_tokens_per_split": 64}
+    rows = dispatch.workspace_rows(H100, tuning)
+    for batch in (1, 2, 3, 8, 33, 100):
+        for heads in (1, 16, 20, 64, 128):
+            for q_len in (1, 2, 8):
+                p = dispatch.plan_launch(batch, heads * q_len, H100, smem_95k, tuning, None)
+                if p.num_splits > 1:
+                    assert batch * p.row_tiles * p.num_splits * p.rows_per_cta <= rows

@@ -124,7 +124,7 @@ def _launch_through_cuda_branch(q, kv_cache, block_table, seq_lens, **kwargs):
     ops._launch_cuda(args, out, lse, softmax_scale=options["softmax_scale"],
                      kv_scale=options["kv_scale"], q_scale=options["q_scale"],
                      query_len=options["query_len"], causal=options["causal"],
-                     max_seq_len=options["max_seq_len"])
+                     max_seq_len=options["max_seq_len"], fp8_math=None)
     return out, lse
 
 
@@ -139,7 +139,7 @@ def test_launch_gets_split_query_and_everything_else(recorded_launch):
     assert cache is kv_cache and table is block_table and lens is seq_lens
     assert got_out is out and got_lse is lse
     assert kwargs == dict(softmax_scale=0.1, kv_scale=None, q_scale=None, query_len=2,
-                          causal=False, max_seq_len=40)
+                          causal=False, max_seq_len=40, fp8_math=None)
 
 
 def test_launch_gets_uint8_cache_as_fp8_and_scales(recorded_launch):
@@ -389,3 +389,19 @@ def test_numpy_scalars_are_accepted_and_passed_as_python_numbers(recorded_launch
     assert type(kwargs["softmax_scale"]) is float and type(kwargs["kv_scale"]) is float
     assert type(kwargs["query_len"]) is int and type(kwargs["max_seq_len"]) is int
     assert kwargs["kv_scale"] == 0.5 and kwargs["max_seq_len"] == 40
+
+
+def test_fp8_math_refused_for_a_16bit_cache():
+    q, kv_cache, block_table, seq_lens = _inputs()
+    with pytest.raises(ValueError, match=r"fp8_math applies to a float8_e4m3fn .* got fp8_math='e4m3' with a torch.bfloat16 cache"):
+        mla_decode(q, kv_cache, block_table, seq_lens, softmax_scale=0.1, query_len=2, fp8_math="e4m3")
+
+
+def test_fp8_math_unknown_value_named(monkeypatch):
+    q, kv_cache, block_table, seq_lens = _inputs()
+    fp8 = kv_cache.to(torch.float8_e4m3fn)
+    with pytest.raises(ValueError, match=r"mla_decode: fp8_math: expected one of \('fp16', 'e4m3'\), got 'int8'"):
+        mla_decode(q, fp8, block_table, seq_lens, softmax_scale=0.1, query_len=2, fp8_math="int8")
+    monkeypatch.setenv("MLA_PLUGIN_FP8_MATH", "int8")
+    with pytest.raises(ValueError, match="MLA_PLUGIN_FP8_MATH: expected one of"):
+        mla_decode(q, fp8, block_table, seq_lens, softmax_scale=0.1, query_len=2)

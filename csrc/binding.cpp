@@ -13,6 +13,13 @@
 
 namespace {
 
+mla::Elem elem_named(const std::string& s, const char* what) {
+  if (s == "bf16") return mla::Elem::BF16;
+  if (s == "fp16") return mla::Elem::FP16;
+  if (s == "fp8") return mla::Elem::E4M3;
+  TORCH_CHECK_VALUE(false, "mla_plugin: ", what, " must be bf16, fp16 or fp8, got ", s);
+}
+
 mla::Elem elem_of(const at::Tensor& t, const char* name) {
   switch (t.scalar_type()) {
     case at::kBFloat16:
@@ -29,7 +36,7 @@ mla::Elem elem_of(const at::Tensor& t, const char* name) {
 
 struct DeviceInfo {
   std::string name;
-  int major = 0, minor = 0, smem_optin = 0;
+  int major = 0, minor = 0, smem_optin = 0, sm_count = 0;
 };
 
 // Queried once per device (never device 0 by default: the tensors' device is current here).
@@ -45,6 +52,7 @@ const DeviceInfo& device_info(int device) {
     info->name = prop.name;
     info->major = prop.major;
     info->minor = prop.minor;
+    info->sm_count = prop.multiProcessorCount;
     C10_CUDA_CHECK(cudaDeviceGetAttribute(&info->smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
     cache[device] = std::move(info);
   }
@@ -91,7 +99,8 @@ void decode(const at::Tensor& q_nope, const at::Tensor& q_pe, const at::Tensor& 
             const c10::optional<at::Tensor>& partial_out, const c10::optional<at::Tensor>& partial_lse,
             double softmax_scale, const c10::optional<at::Tensor>& kv_scale_t, double kv_scale,
             const c10::optional<at::Tensor>& q_scale_t, double q_scale, int64_t query_len, bool causal,
-            int64_t rows_per_cta, int64_t num_splits) {
+            const std::string& mma, int64_t rows_per_cta, int64_t num_splits, int64_t min_tiles_per_split,
+            int64_t smem_bytes_requested) {
   const c10::cuda::CUDAGuard guard(q_nope.device());
   for (const at::Tensor* t : {&q_pe, &kv_cache, &block_table, &seq_lens, static_cast<const at::Tensor*>(&out), static_cast<const at::Tensor*>(&lse)})
     TORCH_CHECK_VALUE(t->device() == q_nope.device(), "mla_plugin: all tensors must be on ", q_nope.device());
@@ -103,11 +112,18 @@ void decode(const at::Tensor& q_nope, const at::Tensor& q_pe, const at::Tensor& 
   L.kv = elem_of(kv_cache, "kv_cache");
   L.q = elem_of(q_nope, "q");
   L.out = elem_of(out, "out");
+  L.mma = elem_named(mma, "mma");
   L.rows_per_cta = static_cast<int>(rows_per_cta);
-  const int smem = mla::decode_smem_bytes(L.kv, L.q, L.out, L.rows_per_cta);
+  const int smem = mla::decode_smem_bytes(L.kv, L.q, L.out, L.mma, L.rows_per_cta);
   TORCH_CHECK_VALUE(smem > 0, "mla_plugin: no kernel for kv_cache ", kv_cache.scalar_type(), ", q ",
-                    q_nope.scalar_type(), ", out ", out.scalar_type(), ", rows_per_cta ", rows_per_cta);
-  check_device_can_run(q_nope.get_device(), smem);
+                    q_nope.scalar_type(), ", out ", out.scalar_type(), ", mma ", mma, ", rows_per_cta ",
+                    rows_per_cta, " (csrc/variants.def)");
+  TORCH_CHECK_VALUE(smem_bytes_requested == 0 || smem_bytes_requested >= smem, "mla_plugin: smem_bytes ",
+                    smem_bytes_requested, " is below the kernel's own ", smem);
+  L.smem_bytes = static_cast<int>(smem_bytes_requested);
+  L.sm_count = device_info(q_nope.get_device()).sm_count;
+  check_device_can_run(q_nope.get_device(), smem_bytes_requested > smem ? static_cast<int>(smem_bytes_requested) : smem);
+  TORCH_CHECK_VALUE(min_tiles_per_split >= 1, "mla_plugin: min_tiles_per_split must be >= 1");
 
   mla::DecodeParams& p = L.params;
   p.q_nope = q_nope.data_ptr();
@@ -126,6 +142,7 @@ void decode(const at::Tensor& q_nope, const at::Tensor& q_pe, const at::Tensor& 
   p.block_size = static_cast<int>(kv_cache.size(1));
   p.max_blocks = static_cast<int>(block_table.size(1));
   p.num_splits = static_cast<int>(num_splits);
+  p.min_tiles_per_split = static_cast<int>(min_tiles_per_split);
   if (num_splits > 1) {
     TORCH_CHECK_VALUE(partial_out.has_value() && partial_lse.has_value(),
                       "mla_plugin: num_splits > 1 needs the split workspace");
@@ -154,14 +171,16 @@ void decode(const at::Tensor& q_nope, const at::Tensor& q_pe, const at::Tensor& 
   TORCH_CHECK(err.empty(), "mla_plugin: ", err);
 }
 
-int64_t smem_bytes(const std::string& kv, const std::string& q, const std::string& out, int64_t rows) {
-  auto parse = [](const std::string& s) {
-    if (s == "bf16") return mla::Elem::BF16;
-    if (s == "fp16") return mla::Elem::FP16;
-    if (s == "fp8") return mla::Elem::E4M3;
-    TORCH_CHECK_VALUE(false, "mla_plugin: dtype name must be bf16, fp16 or fp8, got ", s);
-  };
-  return mla::decode_smem_bytes(parse(kv), parse(q), parse(out), static_cast<int>(rows));
+int64_t smem_bytes(const std::string& kv, const std::string& q, const std::string& out, const std::string& mma,
+                   int64_t rows) {
+  return mla::decode_smem_bytes(elem_named(kv, "kv"), elem_named(q, "q"), elem_named(out, "out"),
+                                elem_named(mma, "mma"), static_cast<int>(rows));
+}
+
+int64_t tokens_per_tile(const std::string& kv, const std::string& q, const std::string& out, const std::string& mma,
+                        int64_t rows) {
+  return mla::decode_tokens_per_tile(elem_named(kv, "kv"), elem_named(q, "q"), elem_named(out, "out"),
+                                     elem_named(mma, "mma"), static_cast<int>(rows));
 }
 
 void mma_peak(at::Tensor& sink, int64_t blocks, int64_t iterations) {
@@ -179,7 +198,8 @@ void mma_peak(at::Tensor& sink, int64_t blocks, int64_t iterations) {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "mla_plugin MLA decode kernels (SM12x feature set)";
   m.def("decode", &decode, "paged MLA decode (see mla_plugin/dispatch.py)");
-  m.def("smem_bytes", &smem_bytes, "dynamic shared memory of a kernel configuration");
+  m.def("smem_bytes", &smem_bytes, "dynamic shared memory of a kernel variant (0: not compiled)");
+  m.def("tokens_per_tile", &tokens_per_tile, "KV tokens per tile of a kernel variant (0: not compiled)");
   m.def("mma_peak", &mma_peak, "mma.sync bf16 throughput probe");
   m.def("built_archs", [] { return std::string(MLA_BUILT_ARCHS); });
 }

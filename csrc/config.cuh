@@ -1,5 +1,5 @@
-// Every layout constant of the decode kernel, derived in one place (trap 10: nothing is repeated
-// by hand), with a static_assert for each assumption the kernel code makes.
+// Every layout constant of the decode kernel, derived in one place (csrc/README.md, trap 10:
+// nothing is repeated by hand), with a static_assert for each assumption the kernel code makes.
 #pragma once
 
 #include <cstdint>
@@ -29,56 +29,89 @@ constexpr int NUM_V_PANELS = V_DIM / PANEL_CHANNELS;
 static_assert(HEAD_DIM % PANEL_CHANNELS == 0 && V_DIM % PANEL_CHANNELS == 0, "panel split");
 
 constexpr int SMEM_BUDGET_BYTES = 101376;  // SM12x: 99 KiB per block, used on every architecture
+constexpr int TILE_TOKENS = 32;            // KV tokens per tile, every variant (the TMA box height)
+constexpr int MAX_KV_SPLITS = 512;         // splits per request the combine merges
 
-// KV: cache element type (also the shared-memory type of Q, K, V).
-// QIN: element type q arrives in (equal to KV for 16-bit caches; BF16/FP16/E4M3 for an FP8 cache).
-// OUT: output element type. ROWS: query rows (heads x query tokens) per CTA.
-template <Elem KV_, Elem QIN_, Elem OUT_, int ROWS_>
+// Named barriers (bar.sync ids; 0 is __syncthreads). Each m-tile group of warps has its own.
+enum NamedBarrier : uint32_t {
+  BARRIER_CONSUMERS = 1,  // every math warp: the Q staging is complete
+  BARRIER_GROUP0 = 2,     // the math warps of m-tile 0 (m-tile m uses BARRIER_GROUP0 + m)
+};
+
+// KV: cache element type. QIN: element type q arrives in (the cache's for 16-bit caches;
+// BF16/FP16/E4M3 for an FP8 cache). OUT: output element type. MMA: tensor-core input type
+// (the cache's for 16-bit caches; FP16 (default) or E4M3 (opt-in) for an FP8 cache).
+// ROWS: query rows (heads x query tokens) per CTA.
+template <Elem KV_, Elem QIN_, Elem OUT_, Elem MMA_, int ROWS_>
 struct DecodeConfig {
   static constexpr Elem KV = KV_;
   static constexpr Elem QIN = QIN_;
   static constexpr Elem OUT = OUT_;
-  static constexpr bool FP8 = ElemInfo<KV>::IS_FP8;
-  static constexpr bool Q_IS_FP8 = ElemInfo<QIN>::IS_FP8;
-  static_assert(FP8 || QIN == KV, "a 16-bit cache takes q of its own dtype");
+  static constexpr Elem MMA = MMA_;
+  static constexpr bool FP8_CACHE = ElemInfo<KV>::IS_FP8;
+  static constexpr bool Q_IS_FP8 = ElemInfo<QIN>::IS_FP8;  // arrives quantised, with its q_scale
+  static constexpr bool E4M3_MMA = ElemInfo<MMA>::IS_FP8;
+  // FP8 cache under 16-bit MMAs: K and V are converted e4m3 -> f16 (exact) in registers.
+  static constexpr bool CONVERT_KV = FP8_CACHE && !E4M3_MMA;
+  static_assert(FP8_CACHE || (QIN == KV && MMA == KV), "a 16-bit cache takes q of its own dtype");
+  static_assert(!FP8_CACHE || MMA == Elem::FP16 || MMA == Elem::E4M3, "FP8 cache: f16 or e4m3 MMA");
   static_assert(OUT != Elem::E4M3, "output is BF16 or FP16");
 
   static constexpr int ROWS = ROWS_;
-  static constexpr int M_TILES = ROWS / 16;  // mma.sync m16 tiles
+  static constexpr int M_TILES = ROWS / 16;  // mma.sync m16 tiles, one group of warps each
   static_assert(ROWS == 16 || ROWS == 32, "rows per CTA: 16 or 32");
 
-  static constexpr int SLICES = 4;  // warps per m-tile (see below)
+  // Warps: M_TILES groups of SLICES warps plus one TMA producer warp. In a group, warp k computes
+  // a partial S over the k-steps g with g % SLICES == k, owns the softmax of rows
+  // [ROWS_PER_SLICE k, ROWS_PER_SLICE (k+1)) of the m-tile, and O for V_COLS_PER_WARP columns.
+  static constexpr int SLICES = 4;
   static constexpr int CONSUMER_WARPS = M_TILES * SLICES;
   static constexpr int CONSUMER_THREADS = CONSUMER_WARPS * 32;
-  static constexpr int THREADS = CONSUMER_THREADS + 32;  // + one TMA producer warp
+  static constexpr int THREADS = CONSUMER_THREADS + 32;
   static constexpr int PRODUCER_WARP = CONSUMER_WARPS;
+  // Registers per thread. Each of an SM's 4 schedulers holds 16384: two 16-row CTAs (10 warps,
+  // 3 on some scheduler) share a Hopper SM only at <= 170 each, and one 32-row CTA (9 warps)
+  // needs the same. e4m3 MMAs, emulated on sm_90 with more registers, keep one CTA per SM there.
+  static constexpr int SCHEDULERS = 4, SCHEDULER_REGISTERS = 16384;
+  static constexpr int CTAS_PER_SM_TARGET = (ROWS == 16 && !E4M3_MMA) ? 2 : 1;
+  static constexpr int WARPS_PER_SCHEDULER = (CTAS_PER_SM_TARGET * THREADS / 32 + SCHEDULERS - 1) / SCHEDULERS;
+  static constexpr int REGISTERS_BY_SCHEDULER = SCHEDULER_REGISTERS / (32 * WARPS_PER_SCHEDULER) / 8 * 8;
+  static constexpr int MAX_REGISTERS = REGISTERS_BY_SCHEDULER < 255 ? REGISTERS_BY_SCHEDULER : 255;
+  static_assert(MAX_REGISTERS >= 128, "register budget");
 
-  // Element geometry
+  // Element geometry of the cache tile in shared memory.
   static constexpr int ELEM_BYTES = ElemInfo<KV>::BYTES;
+  static constexpr int MMA_BYTES = ElemInfo<MMA>::BYTES;
   static constexpr int ROW_BYTES = PANEL_CHANNELS * ELEM_BYTES;  // bytes per token per panel
   static constexpr int CHUNK_BYTES = 16;                         // ldmatrix row segment
-  // Trap 3/4: the swizzle span is the box row; no box row wider than 128 B.
+  // Traps 3/4: the swizzle span is the box row; no box row wider than 128 B.
   static_assert(ROW_BYTES == 64 || ROW_BYTES == 128, "box row must be 64 B or 128 B");
 
-  // MMA: m16n8k16 for 16-bit, m16n8k32 for e4m3; one k-step is always two 16-byte chunks.
-  static constexpr int MMA_K = FP8 ? 32 : 16;
-  static_assert(MMA_K * ELEM_BYTES == 2 * CHUNK_BYTES, "k-step = two ldmatrix chunks");
+  // MMA: m16n8k16 for 16-bit inputs, m16n8k32 for e4m3.
+  static constexpr int MMA_K = E4M3_MMA ? 32 : 16;
+  static constexpr int KSTEP_BYTES = MMA_K * ELEM_BYTES;  // one k-step of a cache row
+  static_assert(KSTEP_BYTES == 2 * CHUNK_BYTES || (CONVERT_KV && KSTEP_BYTES == CHUNK_BYTES),
+                "a k-step is two ldmatrix chunks (one when FP8 bytes widen to f16)");
   static constexpr int KSTEPS_PER_PANEL = PANEL_CHANNELS / MMA_K;
+  static constexpr int KSTEPS_TILE = NUM_PANELS * KSTEPS_PER_PANEL;
+  static constexpr int S_KSTEPS_MAX = (KSTEPS_TILE + SLICES - 1) / SLICES;
+  static_assert(SLICES % KSTEPS_PER_PANEL == 0, "a slice takes the same k-step of every panel it visits");
 
-  // KV tile: tokens per tile; BF16 tiles hold half the tokens of FP8 tiles (trap 6).
-  static constexpr int TOKENS = FP8 ? 64 : 32;
+  // KV tile: TOKENS tokens (trap 6: every loop over the tile is bounded by TOKENS).
+  static constexpr int TOKENS = TILE_TOKENS;
   static constexpr int PANEL_BYTES = TOKENS * ROW_BYTES;  // one TMA panel: TOKENS x 64 channels
   static_assert(PANEL_BYTES % 1024 == 0, "panels stay 1024-byte aligned for the swizzle");
   static constexpr int MAX_PAGES_PER_TILE = TOKENS / MIN_BLOCK_SIZE;
-
-  // Warps: M_TILES groups of SLICES warps. Warp (m, k) computes a partial S = Q K^T of m-tile m
-  // over the k-steps g with g % SLICES == k (all TOKENS tokens), the group sums the partials
-  // through shared memory, and every warp of the group then owns the whole softmax of its 16
-  // rows (P stays in registers) and O for its V_COLS_PER_WARP output columns.
   static constexpr int NTILES = TOKENS / 8;  // n8 tiles of S per warp
   static_assert(NTILES % 2 == 0, "K fragments load two n8 tiles per ldmatrix.x4");
-  static constexpr int KSTEPS_TILE = NUM_PANELS * KSTEPS_PER_PANEL;
-  static constexpr int S_KSTEPS_MAX = (KSTEPS_TILE + SLICES - 1) / SLICES;
+  static_assert(!CONVERT_KV || NTILES % 4 == 0, "FP8 K fragments load four n8 tiles per ldmatrix.x4");
+
+  // Row-split softmax: warp k of a group reduces the partial S of ROWS_PER_SLICE rows x TOKENS,
+  // each lane TOKENS_PER_LANE consecutive tokens of one row.
+  static constexpr int ROWS_PER_SLICE = 16 / SLICES;
+  static constexpr int LANES_PER_ROW = 32 / ROWS_PER_SLICE;
+  static constexpr int TOKENS_PER_LANE = TOKENS / LANES_PER_ROW;
+  static_assert(TOKENS_PER_LANE == 4, "a softmax lane reads one float4 of each partial");
 
   // O = P V: each warp owns V_COLS_PER_WARP columns of its 16 rows.
   static constexpr int V_COLS_PER_WARP = V_DIM / SLICES;
@@ -87,38 +120,72 @@ struct DecodeConfig {
   static constexpr int PV_NTILES = 2 * PV_GROUPS;
   static constexpr int PV_KSTEPS = TOKENS / MMA_K;
   static_assert(V_COLS_PER_WARP % PANEL_CHANNELS == 0, "PV columns cover whole panels");
+  static_assert(PV_KSTEPS * MMA_K == TOKENS, "whole k-steps per tile");
   static constexpr int ACC_REGS = PV_NTILES * 4;
   static_assert(ACC_REGS <= 64, "accumulator budget per thread (trap 8)");
-  // P's A fragments are S's C fragments: one PV k-step consumes MMA_K / 8 n8 tiles of S.
-  static_assert(PV_KSTEPS * MMA_K == TOKENS && NTILES == PV_KSTEPS * (MMA_K / 8), "P from S fragments");
-  // FP8 P is stored as p * 2^8 so small probabilities stay normal numbers in e4m3.
-  static constexpr float P_FP8_SCALE = 256.0f;
+  // e4m3 P is stored as p * 2^8 so small probabilities stay normal numbers in e4m3.
+  static constexpr float P_E4M3_SCALE = 256.0f;
 
-  // Q load: threads per query row and 8-element units per thread.
+  // Q: staged once in shared memory as MMA elements ([ROWS][Q_ROW_ELEMS], padded so that the
+  // fragment reads are free of bank conflicts), then held in registers for the whole CTA.
+  // Each thread keeps the A fragments of its m-tile for its S_KSTEPS_MAX k-steps.
   static constexpr int Q_THREADS_PER_ROW = CONSUMER_THREADS / ROWS;
-  static constexpr int Q_UNITS = HEAD_DIM / 8;
+  static constexpr int Q_UNITS = HEAD_DIM / 8;  // 8-channel units of q
   static constexpr int Q_UNITS_PER_THREAD = Q_UNITS / Q_THREADS_PER_ROW;
   static_assert(Q_THREADS_PER_ROW == 8 && Q_UNITS % Q_THREADS_PER_ROW == 0, "Q load split");
-  static constexpr int Q_PANEL_BYTES = ROWS * ROW_BYTES;
-  static constexpr int Q_BYTES = NUM_PANELS * Q_PANEL_BYTES;
+  // Row stride in 4-byte words: 16-bit MMA reads 4 B at (g, 2q): stride = 4 (mod 32) words;
+  // FP8 -> f16 reads 8 B at (g, 4q): stride = 8 (mod 32); e4m3 reads 4 B at (g, 4q): 20.
+  static constexpr int Q_ROW_PAD_BYTES = CONVERT_KV ? 32 : (E4M3_MMA ? 16 : 16);
+  static constexpr int Q_ROW_BYTES = HEAD_DIM * MMA_BYTES + Q_ROW_PAD_BYTES;
+  static_assert((Q_ROW_BYTES / 4) % 32 == (CONVERT_KV ? 8 : (E4M3_MMA ? 20 : 4)), "Q fragment banks");
+  static constexpr int Q_STAGE_BYTES = ROWS * Q_ROW_BYTES;
 
-  // Partial S of every warp, in mma fragment order: [warp][n8 tile][lane] float4.
-  static constexpr int S_PART_WARP_BYTES = NTILES * 32 * 16;
+  // Partial S of every warp: [warp][16 rows][TOKENS + 8] fp32 (the 8-word pad makes the
+  // fragment-order float2 stores and the softmax's float4 loads conflict-free).
+  static constexpr int S_ROW_FLOATS = TOKENS + 8;
+  static_assert(S_ROW_FLOATS % 32 == 8, "S partial banks");
+  static constexpr int S_PART_WARP_BYTES = 16 * S_ROW_FLOATS * 4;
   static constexpr int S_PART_BYTES = CONSUMER_WARPS * S_PART_WARP_BYTES;
+  // P: [m-tile][16 rows][P_ROW_BYTES] in MMA elements; an odd number of 16-byte units per row
+  // keeps ldmatrix conflict-free.
+  static constexpr int P_ROW_BYTES = TOKENS * MMA_BYTES + 16;
+  static_assert((P_ROW_BYTES / 16) % 2 == 1, "P row stride");
+  static constexpr int P_BYTES = M_TILES * 16 * P_ROW_BYTES;
+  // Per row: softmax scale (log2 units), this tile's rescale factor, final m and l.
+  static constexpr int ROW_STAT_BYTES = 4 * ROWS * 4;
 
-  // Shared memory map.
-  static constexpr int OFF_Q = 0;
-  static constexpr int OFF_KV = OFF_Q + Q_BYTES;
-  static constexpr int FIXED_BYTES = Q_BYTES + S_PART_BYTES + ROWS * 4 + 2 * 2 * NUM_PANELS * 8;
-  static constexpr int RING_MAX_BY_BUDGET = (SMEM_BUDGET_BYTES - FIXED_BYTES) / PANEL_BYTES;
-  static constexpr int RING = RING_MAX_BY_BUDGET < 2 * NUM_PANELS ? RING_MAX_BY_BUDGET : 2 * NUM_PANELS;
-  static_assert(RING >= NUM_PANELS, "the ring must hold one whole tile");
-  static constexpr int OFF_S_PART = OFF_KV + RING * PANEL_BYTES;
-  static constexpr int OFF_ROW_SCALE = OFF_S_PART + S_PART_BYTES;
-  static constexpr int OFF_BARRIERS = (OFF_ROW_SCALE + ROWS * 4 + 7) / 8 * 8;
-  static constexpr int SMEM_BYTES = OFF_BARRIERS + 2 * RING * 8;
+  // Q lives in registers on the 16-bit MMA paths. e4m3 MMAs read it from shared memory each
+  // k-step instead: emulated on sm_90, they need the registers (the same layout on every arch:
+  // host and device must agree on the shared-memory map).
+  static constexpr bool Q_IN_REGISTERS = !E4M3_MMA;
+
+  // Shared memory map. The KV ring comes first; the Q staging overlaps the ring's last slots
+  // (Q_FIRST_SLOT on), which the producer fills only after every math warp holds Q in registers;
+  // where Q stays in shared memory it gets its own region after the ring.
+  static constexpr int RING_BARRIER_BYTES = 8;  // one mbarrier
+  static constexpr int Q_OWN_BYTES = Q_IN_REGISTERS ? 0 : (Q_STAGE_BYTES + 1023) / 1024 * 1024;
+  static constexpr int FIXED_BYTES = Q_OWN_BYTES + S_PART_BYTES + P_BYTES + ROW_STAT_BYTES + RING_BARRIER_BYTES;
+  static constexpr int RING_MAX_BY_BUDGET = (SMEM_BUDGET_BYTES - FIXED_BYTES - 1024) /
+                                            (PANEL_BYTES + 2 * RING_BARRIER_BYTES);
+  static constexpr int RING_TILES_MAX = 4;  // deeper buys nothing: the producer is a page table read ahead
+  static constexpr int RING = RING_MAX_BY_BUDGET < RING_TILES_MAX * NUM_PANELS ? RING_MAX_BY_BUDGET
+                                                                               : RING_TILES_MAX * NUM_PANELS;
+  static_assert(RING >= 2 * NUM_PANELS, "the ring must hold two whole tiles");
+  static constexpr int OFF_KV = 0;
+  static constexpr int RING_BYTES = RING * PANEL_BYTES;
+  static constexpr int OFF_Q = Q_IN_REGISTERS ? (RING_BYTES - Q_STAGE_BYTES) / 1024 * 1024 : RING_BYTES;
+  static constexpr int Q_FIRST_SLOT = Q_IN_REGISTERS ? OFF_Q / PANEL_BYTES : RING;  // first ring slot Q overlaps
+  // Where 32 rows of 16-bit Q are larger than the ring past tile 0, tile 0's last panels wait
+  // for Q to move into registers (a few hundred cycles; the S loop starts on the others).
+  static_assert(Q_FIRST_SLOT >= NUM_PANELS / 2, "most of tile 0 never waits for Q");
+  static constexpr int OFF_S_PART = OFF_KV + RING_BYTES + Q_OWN_BYTES;
+  static constexpr int OFF_P = OFF_S_PART + S_PART_BYTES;
+  static constexpr int OFF_ROW_STATS = OFF_P + P_BYTES;
+  static constexpr int OFF_BARRIERS = (OFF_ROW_STATS + ROW_STAT_BYTES + 7) / 8 * 8;
+  // full[RING], empty[RING], q_free
+  static constexpr int SMEM_BYTES = OFF_BARRIERS + (2 * RING + 1) * RING_BARRIER_BYTES;
   static_assert(OFF_KV % 1024 == 0, "swizzled buffers 1024-B aligned");
-  static_assert(OFF_S_PART % 16 == 0, "float4 partials");
+  static_assert(OFF_S_PART % 16 == 0 && OFF_P % 16 == 0, "vector access alignment");
   static_assert(SMEM_BYTES <= SMEM_BUDGET_BYTES, "SM12x shared-memory budget");
 };
 
@@ -131,11 +198,27 @@ __host__ __device__ constexpr uint32_t swizzle(int row, int chunk) {
                                ((chunk ^ ((row * ROW_BYTES / 128) % (ROW_BYTES / 16))) << 4));
 }
 
-// FP8 V via ldmatrix.trans.b16 + prmt (trap 7: one definition for the V and P sides).
-// Within each 16-token group, mma k position k reads token fp8_token_of_k(k): the V
-// fragments are built in that order and P's A fragments take their S values from it.
+// e4m3 V via ldmatrix.trans.b16 + prmt (trap 7: one definition for the V and P sides).
+// Within each 16-token group, e4m3 mma k position k reads token fp8_token_of_k(k): the V
+// fragments are built in that order, and P is stored at position fp8_k_of_token(token).
 __host__ __device__ constexpr int fp8_token_of_k(int k) {
   return 2 * ((k % 16) / 4) + (k % 2) + 8 * ((k % 4) / 2) + 16 * (k / 16);
+}
+__host__ __device__ constexpr int fp8_k_of_token(int t) {
+  return 4 * ((t % 8) / 2) + 2 * ((t % 16) / 8) + (t % 2) + 16 * (t / 16);
+}
+__host__ __device__ constexpr bool fp8_maps_are_inverse(int n) {
+  return n == 0 || (fp8_token_of_k(fp8_k_of_token(n - 1)) == n - 1 && fp8_maps_are_inverse(n - 1));
+}
+static_assert(fp8_maps_are_inverse(32), "fp8_k_of_token inverts fp8_token_of_k");
+
+// The split workspace: one fp32 row of V_DIM (and one log2-sum-exp2) per (request, row tile,
+// split, row in the tile). The only definition of its index: decode epilogue, empty-split
+// writer and combine all call it.
+__host__ __device__ constexpr int64_t partial_row(int b, int row_tile, int split, int row_in_tile,
+                                                  int row_tiles, int num_splits, int rows_per_cta) {
+  return ((static_cast<int64_t>(b) * row_tiles + row_tile) * num_splits + split) * rows_per_cta +
+         row_in_tile;
 }
 
 }  // namespace mla

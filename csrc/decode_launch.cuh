@@ -1,11 +1,16 @@
-// Launch one decode configuration (and the combine), with per-device one-time set-up.
+// Launch one decode variant (and the split combine), with per-device one-time set-up. Both
+// kernels go out as programmatic dependent launches (cudaLaunchKernelEx, PDL): each may start
+// while the kernel before it in the stream finishes, and waits (griddepcontrol.wait) before it
+// touches global memory. MLA_PLUGIN_PDL=0 turns that off (plain stream order) for measurements.
 #pragma once
 
 #include <atomic>
+#include <cstdlib>
+#include <cstring>
 #include <string>
 
 #include "combine_kernel.cuh"
-#include "decode_kernel.cuh"
+#include "decode/kernel.cuh"
 #include "launch.h"
 
 namespace mla {
@@ -14,19 +19,50 @@ inline std::string cuda_error_text(const char* what, cudaError_t err) {
   return std::string(what) + ": " + cudaGetErrorName(err) + " (" + cudaGetErrorString(err) + ")";
 }
 
-// Function attributes are per device: remember, per kernel, which devices were configured.
+inline bool pdl_enabled() {
+  static const bool enabled = [] {
+    const char* v = std::getenv("MLA_PLUGIN_PDL");
+    return !(v && std::strcmp(v, "0") == 0);
+  }();
+  return enabled;
+}
+
+// Function attributes are per device: remember, per kernel and size, which devices were set.
 // Tag makes one flag set per kernel (all decode kernels share one function-pointer type).
 template <class Tag, class Kernel>
 inline cudaError_t ensure_smem_attribute(Kernel kernel, int smem_bytes) {
   static std::atomic<uint64_t> configured{0};
+  static std::atomic<int> configured_bytes{0};
   int device = 0;
   cudaError_t err = cudaGetDevice(&device);
   if (err != cudaSuccess) return err;
   const uint64_t bit = device < 64 ? (1ull << device) : 0;
-  if (bit && (configured.load() & bit)) return cudaSuccess;
+  // a larger request (SM12x residency emulation) sets the attribute again
+  if (bit && (configured.load() & bit) && configured_bytes.load() >= smem_bytes) return cudaSuccess;
   err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes);
-  if (err == cudaSuccess && bit) configured.fetch_or(bit);
+  if (err == cudaSuccess && bit) {
+    if (configured_bytes.load() < smem_bytes) {
+      configured.store(0);  // other devices still have the smaller limit
+      configured_bytes.store(smem_bytes);
+    }
+    configured.fetch_or(bit);
+  }
   return err;
+}
+
+template <class Kernel, class... Args>
+inline cudaError_t launch_kernel(Kernel kernel, dim3 grid, dim3 block, int smem, cudaStream_t stream, Args... args) {
+  cudaLaunchConfig_t config = {};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = static_cast<size_t>(smem);
+  config.stream = stream;
+  cudaLaunchAttribute attribute[1];
+  attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute[0].val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = attribute;
+  config.numAttrs = pdl_enabled() ? 1 : 0;
+  return cudaLaunchKernelEx(&config, kernel, args...);
 }
 
 template <Elem OUT>
@@ -45,31 +81,35 @@ inline std::string launch_combine(const DecodeLaunch& L, int rows_per_cta) {
   c.rows_per_cta = rows_per_cta;
   c.row_tiles = d.row_tiles;
   c.num_splits = d.num_splits;
-  const int blocks = ceil_div(c.num_rows_total, COMBINE_WARPS);
-  mla_combine_kernel<OUT><<<blocks, COMBINE_WARPS * 32, 0, L.stream>>>(c);
-  const cudaError_t err = cudaGetLastError();
+  if (c.num_splits > COMBINE_MAX_SPLITS)
+    return "num_splits " + std::to_string(c.num_splits) + " exceeds the combine's " + std::to_string(COMBINE_MAX_SPLITS);
+  // Enough CTAs to cover the GPU twice: many rows keep each row in one CTA, a few rows split
+  // their channels (and so their splits' reads) over up to COMBINE_MAX_CHUNKS CTAs.
+  c.chunks = 1;
+  while (c.chunks < COMBINE_MAX_CHUNKS && c.num_rows_total * c.chunks < 2 * L.sm_count && c.chunks < c.num_splits)
+    c.chunks *= 2;
+  const dim3 grid(c.num_rows_total, c.chunks);
+  const cudaError_t err = launch_kernel(mla_combine_kernel<OUT>, grid, dim3(COMBINE_THREADS), 0, L.stream, c);
   return err == cudaSuccess ? std::string() : cuda_error_text("combine launch", err);
 }
 
 template <class Cfg>
 inline std::string launch_config(const DecodeLaunch& L, const CUtensorMap& kv_map) {
   auto kernel = mla_decode_kernel<Cfg>;
-  cudaError_t err = ensure_smem_attribute<Cfg>(kernel, Cfg::SMEM_BYTES);
+  const int smem = L.smem_bytes > Cfg::SMEM_BYTES ? L.smem_bytes : Cfg::SMEM_BYTES;
+  cudaError_t err = ensure_smem_attribute<Cfg>(kernel, smem);
   if (err != cudaSuccess) return cuda_error_text("cudaFuncSetAttribute(max dynamic shared memory)", err);
   const dim3 grid(L.params.row_tiles, L.params.num_splits, L.params.batch);
-  kernel<<<grid, Cfg::THREADS, Cfg::SMEM_BYTES, L.stream>>>(kv_map, L.params);
-  err = cudaGetLastError();
+  err = launch_kernel(kernel, grid, dim3(Cfg::THREADS), smem, L.stream, kv_map, L.params);
   if (err != cudaSuccess) return cuda_error_text("decode kernel launch", err);
   if (L.params.num_splits > 1) return launch_combine<Cfg::OUT>(L, Cfg::ROWS);
   return std::string();
 }
 
-// Rows per CTA is the one runtime choice inside a dtype combination.
-template <Elem KV, Elem Q, Elem OUT>
-inline std::string launch_rows(const DecodeLaunch& L, const CUtensorMap& kv_map) {
-  if (L.rows_per_cta == 16) return launch_config<DecodeConfig<KV, Q, OUT, 16>>(L, kv_map);
-  if (L.rows_per_cta == 32) return launch_config<DecodeConfig<KV, Q, OUT, 32>>(L, kv_map);
-  return "rows_per_cta must be 16 or 32, got " + std::to_string(L.rows_per_cta);
+// The variant a line of variants.def names.
+template <Elem KV, Elem Q, Elem OUT, Elem MMA, int ROWS>
+std::string launch_variant(const DecodeLaunch& L, const CUtensorMap& kv_map) {
+  return launch_config<DecodeConfig<KV, Q, OUT, MMA, ROWS>>(L, kv_map);
 }
 
 }  // namespace mla

@@ -46,6 +46,13 @@ struct ElemOps<Elem::BF16>
 template <>
 struct ElemOps<Elem::FP16> : Elem16Ops<__half, __half2, f16x2_from_floats, f16x2_to_floats, mma_f16_16816> {};
 
+// Two e4m3 bytes (lo = bits 0-7) -> f16x2 (lo in the low half), exact: every e4m3 value is an
+// f16. One F2FP instruction on sm_89+ and SM12x.
+__device__ __forceinline__ uint32_t e4m3x2_to_f16x2(uint32_t two_bytes) {
+  const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(two_bytes & 0xffffu), __NV_E4M3);
+  return static_cast<uint32_t>(h.x) | (static_cast<uint32_t>(h.y) << 16);
+}
+
 template <>
 struct ElemOps<Elem::E4M3> {
   using storage = __nv_fp8_storage_t;

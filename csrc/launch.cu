@@ -82,52 +82,49 @@ std::string cached_kv_tensor_map(const DecodeLaunch& L, int tokens_per_tile, CUt
 
 }  // namespace
 
+#define MLA_MATCH(KV, Q, OUT, MMA, ROWS)                                                      \
+  (kv == Elem::KV && q == Elem::Q && out == Elem::OUT && mma == Elem::MMA && rows == ROWS)
+
 std::string launch_decode(const DecodeLaunch& L) {
-  const bool fp8 = L.kv == Elem::E4M3;
-  const int tokens_per_tile = fp8 ? DecodeConfig<Elem::E4M3, Elem::BF16, Elem::BF16, 16>::TOKENS
-                                  : DecodeConfig<Elem::BF16, Elem::BF16, Elem::BF16, 16>::TOKENS;
   CUtensorMap map;
-  const std::string err = cached_kv_tensor_map(L, tokens_per_tile, &map);
+  const std::string err = cached_kv_tensor_map(L, TILE_TOKENS, &map);
   if (!err.empty()) return err;
-  switch (L.kv) {
-    case Elem::BF16:
-      return launch_decode_bf16(L, map);
-    case Elem::FP16:
-      return launch_decode_fp16(L, map);
-    case Elem::E4M3:
-      return L.q == Elem::E4M3 ? launch_decode_fp8_q8(L, map) : launch_decode_fp8_q16(L, map);
-  }
-  return "unknown kv dtype";
+  const Elem kv = L.kv, q = L.q, out = L.out, mma = L.mma;
+  const int rows = L.rows_per_cta;
+#define MLA_VARIANT(UNIT, KV, Q, OUT, MMA, ROWS) \
+  if (MLA_MATCH(KV, Q, OUT, MMA, ROWS)) return launch_variant<Elem::KV, Elem::Q, Elem::OUT, Elem::MMA, ROWS>(L, map);
+#include "variants.def"
+#undef MLA_VARIANT
+  return "no compiled decode variant for kv " + std::to_string(static_cast<int>(kv)) + ", q " +
+         std::to_string(static_cast<int>(q)) + ", out " + std::to_string(static_cast<int>(out)) + ", mma " +
+         std::to_string(static_cast<int>(mma)) + ", rows " + std::to_string(rows) + " (csrc/variants.def)";
 }
 
-namespace {
-template <Elem KV, Elem Q, Elem OUT>
-int smem_of(int rows) {
-  if (rows == 16) return DecodeConfig<KV, Q, OUT, 16>::SMEM_BYTES;
-  if (rows == 32) return DecodeConfig<KV, Q, OUT, 32>::SMEM_BYTES;
+// Facts of a variant, straight from its DecodeConfig (no kernel instantiated here).
+int decode_smem_bytes(Elem kv, Elem q, Elem out, Elem mma, int rows) {
+#define MLA_VARIANT(UNIT, KV, Q, OUT, MMA, ROWS) \
+  if (MLA_MATCH(KV, Q, OUT, MMA, ROWS)) return DecodeConfig<Elem::KV, Elem::Q, Elem::OUT, Elem::MMA, ROWS>::SMEM_BYTES;
+#include "variants.def"
+#undef MLA_VARIANT
   return 0;
 }
-template <Elem KV, Elem Q, Elem OUT>
-int threads_of(int rows) {
-  if (rows == 16) return DecodeConfig<KV, Q, OUT, 16>::THREADS;
-  if (rows == 32) return DecodeConfig<KV, Q, OUT, 32>::THREADS;
+
+int decode_threads(Elem kv, Elem q, Elem out, Elem mma, int rows) {
+#define MLA_VARIANT(UNIT, KV, Q, OUT, MMA, ROWS) \
+  if (MLA_MATCH(KV, Q, OUT, MMA, ROWS)) return DecodeConfig<Elem::KV, Elem::Q, Elem::OUT, Elem::MMA, ROWS>::THREADS;
+#include "variants.def"
+#undef MLA_VARIANT
   return 0;
 }
-}  // namespace
 
-#define MLA_FOR_BUILT_COMBOS(FN, rows)                                                     \
-  if (kv == Elem::BF16 && q == Elem::BF16 && out == Elem::BF16)                            \
-    return FN<Elem::BF16, Elem::BF16, Elem::BF16>(rows);                                   \
-  if (kv == Elem::FP16 && q == Elem::FP16 && out == Elem::FP16)                            \
-    return FN<Elem::FP16, Elem::FP16, Elem::FP16>(rows);                                   \
-  if (kv == Elem::E4M3 && q == Elem::BF16 && out == Elem::BF16)                            \
-    return FN<Elem::E4M3, Elem::BF16, Elem::BF16>(rows);                                   \
-  if (kv == Elem::E4M3 && q == Elem::FP16 && out == Elem::FP16)                            \
-    return FN<Elem::E4M3, Elem::FP16, Elem::FP16>(rows);                                   \
-  if (kv == Elem::E4M3 && q == Elem::E4M3) return FN<Elem::E4M3, Elem::E4M3, Elem::BF16>(rows); \
+int decode_tokens_per_tile(Elem kv, Elem q, Elem out, Elem mma, int rows) {
+#define MLA_VARIANT(UNIT, KV, Q, OUT, MMA, ROWS) \
+  if (MLA_MATCH(KV, Q, OUT, MMA, ROWS)) return DecodeConfig<Elem::KV, Elem::Q, Elem::OUT, Elem::MMA, ROWS>::TOKENS;
+#include "variants.def"
+#undef MLA_VARIANT
   return 0;
+}
 
-int decode_smem_bytes(Elem kv, Elem q, Elem out, int rows) { MLA_FOR_BUILT_COMBOS(smem_of, rows) }
-int decode_threads(Elem kv, Elem q, Elem out, int rows) { MLA_FOR_BUILT_COMBOS(threads_of, rows) }
+#undef MLA_MATCH
 
 }  // namespace mla

@@ -15,8 +15,10 @@ namespace mla {
 
 struct DecodeLaunch {
   DecodeParams params;  // everything but the tensor map
-  Elem kv, q, out;
+  Elem kv, q, out, mma;
   int rows_per_cta;  // 16 or 32
+  int smem_bytes;    // dynamic shared memory to request (0: the variant's own)
+  int sm_count;      // of the current device (sizes the combine's grid)
   // KV cache [num_blocks, block_size, 576]; strides in elements.
   const void* kv_cache;
   int64_t num_blocks;
@@ -28,15 +30,14 @@ struct DecodeLaunch {
 // device. Returns an empty string on success, else a message naming what went wrong.
 std::string launch_decode(const DecodeLaunch& launch);
 
-// Per-dtype entry points (one translation unit each, compiled in parallel).
-std::string launch_decode_bf16(const DecodeLaunch& launch, const CUtensorMap& kv_map);
-std::string launch_decode_fp16(const DecodeLaunch& launch, const CUtensorMap& kv_map);
-std::string launch_decode_fp8_q16(const DecodeLaunch& launch, const CUtensorMap& kv_map);
-std::string launch_decode_fp8_q8(const DecodeLaunch& launch, const CUtensorMap& kv_map);
+// One compiled variant of csrc/variants.def (explicitly instantiated in launch_<UNIT>.cu).
+template <Elem KV, Elem Q, Elem OUT, Elem MMA, int ROWS>
+std::string launch_variant(const DecodeLaunch& launch, const CUtensorMap& kv_map);
 
-// Dynamic shared memory one CTA of that configuration uses (0 if the combination is not built).
-int decode_smem_bytes(Elem kv, Elem q, Elem out, int rows_per_cta);
-int decode_threads(Elem kv, Elem q, Elem out, int rows_per_cta);
+// Facts of a compiled variant (0 if variants.def does not list it).
+int decode_smem_bytes(Elem kv, Elem q, Elem out, Elem mma, int rows_per_cta);
+int decode_threads(Elem kv, Elem q, Elem out, Elem mma, int rows_per_cta);
+int decode_tokens_per_tile(Elem kv, Elem q, Elem out, Elem mma, int rows_per_cta);
 
 // mma.sync BF16 throughput probe for the benchmark's roofline: every warp of `blocks` CTAs of
 // 256 threads issues `iterations` x 8 independent m16n8k16 MMAs; `sink` (blocks*256 floats)

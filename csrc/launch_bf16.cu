@@ -1,8 +1,4 @@
-// BF16 cache, BF16 q, BF16 out (trap 1: this unit instantiates BF16 element types only).
-#include "decode_launch.cuh"
-
-namespace mla {
-std::string launch_decode_bf16(const DecodeLaunch& L, const CUtensorMap& kv_map) {
-  return launch_rows<Elem::BF16, Elem::BF16, Elem::BF16>(L, kv_map);
-}
-}  // namespace mla
+// BF16 cache, BF16 q and out (trap 1: this unit instantiates BF16 element types only).
+// Its variants are the lines of variants.def whose UNIT is bf16.
+#define MLA_UNIT_bf16(...) MLA_INSTANTIATE(__VA_ARGS__)
+#include "variant_units.h"

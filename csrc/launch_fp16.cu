@@ -1,8 +1,4 @@
-// FP16 cache, FP16 q, FP16 out (models served with --dtype float16 and an "auto" cache).
-#include "decode_launch.cuh"
-
-namespace mla {
-std::string launch_decode_fp16(const DecodeLaunch& L, const CUtensorMap& kv_map) {
-  return launch_rows<Elem::FP16, Elem::FP16, Elem::FP16>(L, kv_map);
-}
-}  // namespace mla
+// FP16 cache, FP16 q and out (models served with --dtype float16 and an "auto" cache).
+// Its variants are the lines of variants.def whose UNIT is fp16.
+#define MLA_UNIT_fp16(...) MLA_INSTANTIATE(__VA_ARGS__)
+#include "variant_units.h"

@@ -1,10 +1,4 @@
-// FP8 e4m3 cache with a 16-bit q that the kernel quantises per row (what vLLM sends us).
-#include "decode_launch.cuh"
-
-namespace mla {
-std::string launch_decode_fp8_q16(const DecodeLaunch& L, const CUtensorMap& kv_map) {
-  if (L.q == Elem::BF16) return launch_rows<Elem::E4M3, Elem::BF16, Elem::BF16>(L, kv_map);
-  if (L.q == Elem::FP16) return launch_rows<Elem::E4M3, Elem::FP16, Elem::FP16>(L, kv_map);
-  return "fp8 cache with 16-bit q: q must be bf16 or fp16";
-}
-}  // namespace mla
+// FP8 e4m3 cache, 16-bit q (what vLLM sends us), 16-bit MMAs on the exactly converted cache (the default).
+// Its variants are the lines of variants.def whose UNIT is fp8_q16.
+#define MLA_UNIT_fp8_q16(...) MLA_INSTANTIATE(__VA_ARGS__)
+#include "variant_units.h"

@@ -1,10 +1,4 @@
-// FP8 e4m3 cache with an already quantised e4m3 q and its per-tensor q_scale.
-#include "decode_launch.cuh"
-
-namespace mla {
-std::string launch_decode_fp8_q8(const DecodeLaunch& L, const CUtensorMap& kv_map) {
-  if (L.out == Elem::BF16) return launch_rows<Elem::E4M3, Elem::E4M3, Elem::BF16>(L, kv_map);
-  if (L.out == Elem::FP16) return launch_rows<Elem::E4M3, Elem::E4M3, Elem::FP16>(L, kv_map);
-  return "fp8 q: out must be bf16 or fp16";
-}
-}  // namespace mla
+// FP8 e4m3 cache with an already quantised e4m3 q and its q_scale, 16-bit MMAs (the default).
+// Its variants are the lines of variants.def whose UNIT is fp8_q8.
+#define MLA_UNIT_fp8_q8(...) MLA_INSTANTIATE(__VA_ARGS__)
+#include "variant_units.h"

@@ -25,6 +25,7 @@ struct DecodeParams {
   float* partial_out;
   float* partial_lse;
   int num_splits;
+  int min_tiles_per_split;  // a split takes at least this many KV tiles of the real length
   // Scales: a device pointer wins over the value (vLLM keeps layer._k_scale on the GPU).
   const float* kv_scale_ptr;
   const float* q_scale_ptr;
@@ -47,6 +48,7 @@ struct CombineParams {
   float* lse;
   int num_heads, query_len, num_rows_total;  // num_rows_total = T * H
   int rows_per_cta, row_tiles, num_splits;
+  int chunks;  // channel chunks per row (CTAs per output row), 1..COMBINE_MAX_CHUNKS
 };
 
 }  // namespace mla

@@ -60,6 +60,13 @@ __device__ __forceinline__ void tma_prefetch_descriptor(const void* tensor_map) 
                : "memory");
 }
 
+// ---- programmatic dependent launch (sm_90+, SM12x) ----------------------------------------
+// wait: block until the grids this one depends on have completed and their writes are visible
+// (a no-op when the kernel was launched without the programmatic attribute).
+__device__ __forceinline__ void grid_dependency_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
+// launch_dependents: let the next kernel in the stream start launching (it still waits above).
+__device__ __forceinline__ void grid_launch_dependents() { asm volatile("griddepcontrol.launch_dependents;" :::); }
+
 // ---- named barrier among the consumer warps (id 0 is __syncthreads) -------------------------
 __device__ __forceinline__ void named_barrier_sync(uint32_t id, uint32_t threads) {
   asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory");
@@ -69,6 +76,12 @@ __device__ __forceinline__ void named_barrier_sync(uint32_t id, uint32_t threads
 __device__ __forceinline__ void ldmatrix_x4(uint32_t addr, uint32_t (&r)[4]) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+// Two matrices, transposed: lanes 0-15 give the row addresses (matrix lane / 8).
+__device__ __forceinline__ void ldmatrix_x2_trans(uint32_t addr, uint32_t (&r)[2]) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0, %1}, [%2];"
+               : "=r"(r[0]), "=r"(r[1])
                : "r"(addr));
 }
 // Transposing variant on 2-byte elements (trap 5: never a byte transpose).

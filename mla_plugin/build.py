@@ -21,22 +21,19 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from mla_plugin import kernel_variants
 from mla_plugin.geometry import SMEM_BUDGET_BYTES
 
 EXTENSION_NAME = "mla_plugin_kernels"
 SUPPORTED_ARCHS = ("9.0a", "12.0a", "12.1a")
-KERNEL_SOURCES = (
-    "launch.cu",
-    "launch_bf16.cu",
-    "launch_fp16.cu",
-    "launch_fp8_q16.cu",
-    "launch_fp8_q8.cu",
-    "mma_peak.cu",
-)
+# The translation units: the dispatch, one launch_<unit>.cu per UNIT of csrc/variants.def
+# (kernel_variants.units()), and the mma.sync peak probe.
+KERNEL_SOURCES = ("launch.cu", *(f"launch_{unit}.cu" for unit in kernel_variants.units()), "mma_peak.cu")
+SOURCE_SUFFIXES = (".cu", ".cuh", ".h", ".cpp", ".def")
 BINDING_SOURCE = "binding.cpp"
 NVCC_FLAGS = ("-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo")
 SMEM_LIMIT_BYTES = SMEM_BUDGET_BYTES  # the SM12x per-block budget, checked on every arch
-_BUILD_FORMAT = 1  # bump when the build recipe changes in a way the sources don't show
+_BUILD_FORMAT = 2  # bump when the build recipe changes in a way the sources don't show
 
 _loaded = None
 
@@ -128,13 +125,20 @@ def arch_tag(archs: list[str]) -> str:
 
 
 # ---------------------------------------------------------------------------------- keys
-def source_hash() -> str:
+def source_files(root: Path | None = None) -> list[Path]:
+    """Every file the kernel build reads: csrc/ and its subfolders (decode/ ...), sorted."""
+    root = root or csrc_dir()
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in SOURCE_SUFFIXES)
+
+
+def source_hash(root: Path | None = None) -> str:
+    """The cache key of the sources: flags, every source file's path below csrc/ and bytes."""
+    root = root or csrc_dir()
     h = hashlib.sha256(f"format{_BUILD_FORMAT}".encode())
     h.update(" ".join(NVCC_FLAGS).encode())
-    for path in sorted(csrc_dir().iterdir()):
-        if path.suffix in (".cu", ".cuh", ".h", ".cpp"):
-            h.update(path.name.encode())
-            h.update(path.read_bytes())
+    for path in source_files(root):
+        h.update(path.relative_to(root).as_posix().encode())
+        h.update(path.read_bytes())
     return h.hexdigest()[:16]
 
 

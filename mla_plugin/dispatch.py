@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from mla_plugin import build, configs, kernel_variants
-from mla_plugin.geometry import V_DIM
+from mla_plugin.geometry import MAX_KV_SPLITS, V_DIM
 from mla_plugin.kernel_variants import DEFAULT_FP8_MATH, FP8_MATH_MMA, Variant
 
 SM90_RESERVED_SMEM_PER_CTA = 1024  # the driver keeps 1 KiB per CTA on sm_90+
@@ -40,10 +40,10 @@ SM12X_RESIDENCY_ENV = "MLA_PLUGIN_SM12X_RESIDENCY"
 
 _DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float8_e4m3fn: "fp8"}
 ROWS_PER_CTA_CHOICES = tuple(sorted({v.rows for v in kernel_variants.variants()}))
-# Widest row tile per cache dtype. 16-bit caches stay at 16 rows: with 32 rows the Q tile and S
-# partials leave an 11-panel ring, too shallow to hide latency (H200, B32 H128 ctx4k: 289 us at
-# 16 rows vs 399 us at 32). FP8 tiles are half the bytes: 32 rows win there (355 vs 424 us).
-MAX_ROWS_PER_CTA = {"bf16": 16, "fp16": 16, "fp8": 32}
+# Widest row tile per cache dtype: 16 everywhere. A 32-row CTA (9 warps, 168 registers) is alone
+# on a Hopper SM where two 16-row CTAs fit: H200 2026-12-01, B64 H64 ctx4k 300 vs 346 us (bf16),
+# 312 vs 359 us (fp8); the 32-row variants stay compiled for SM12x, which holds one CTA either way.
+MAX_ROWS_PER_CTA = {"bf16": 16, "fp16": 16, "fp8": 16}
 
 # Every variant a launch plan has chosen in this process (the GPU suite checks it ran them all).
 _launched: set[Variant] = set()
@@ -111,7 +111,7 @@ def plan_launch(batch: int, rows_per_request: int, facts: DeviceFacts, smem_per_
     target = math.ceil(tuning["waves"] * facts.sm_count * per_sm)
     # floor: a split grid just over one wave leaves a second, mostly idle wave.
     splits = max(1, target // ctas)
-    splits = min(splits, int(tuning["max_splits"]))
+    splits = min(splits, int(tuning["max_splits"]), MAX_KV_SPLITS)
     if max_seq_len:
         splits = min(splits, max(1, math.ceil(max_seq_len / int(tuning["min_tokens_per_split"]))))
     return Plan(rows_per_cta, row_tiles, max(1, splits), target)
@@ -249,7 +249,8 @@ def launch_plan(shape: LaunchShape) -> LaunchPlan:
     if shape.one_cta_per_sm:
         smem = residency_smem_bytes(facts, smem)
     tokens_per_tile = ext.tokens_per_tile(shape.kv, shape.q, shape.out, shape.mma, plan.rows_per_cta)
-    min_tiles = max(1, int(tuning["min_tokens_per_split"]) // tokens_per_tile)
+    # A forced split count (tune's sweeps) is taken as it is: one tile per split at least.
+    min_tiles = 1 if shape.forced_splits else max(1, int(tuning["min_tokens_per_split"]) // tokens_per_tile)
     splits = shape.forced_splits or plan.num_splits
     _launched.add(variant)
     if splits == 1:

@@ -17,6 +17,7 @@ MAX_QUERY_LEN = 8  # query tokens per request (MTP / speculative decode: 7 draft
 BLOCK_SIZES = (16, 32, 64, 128)  # kernel page sizes; vLLM block sizes are multiples of 16
 MIN_BLOCK_SIZE = BLOCK_SIZES[0]
 
+MAX_KV_SPLITS = 512  # KV splits per request the kernel's combine merges (plans stay below)
 SMEM_BUDGET_BYTES = 101376  # SM12x: 99 KiB of shared memory per block, the kernel's budget everywhere
 ALIGN_BYTES = 16  # pointers and row strides the kernel reads with 16-byte accesses
 

@@ -18,7 +18,7 @@ import statistics
 import sys
 import time
 
-from mla_plugin import configs, dispatch
+from mla_plugin import configs, dispatch, kernel_variants
 
 SPLIT_CANDIDATES = (1, 2, 4, 8, 16, 32, 64)
 WAVES_CANDIDATES = (0.5, 1.0, 1.5, 2.0)
@@ -114,7 +114,8 @@ def main(args) -> int:
         del inputs, call
         torch.cuda.empty_cache()
     tuning = choose_tuning(
-        measured, facts, lambda dtype, rows: ext.smem_bytes(dtype, "bf16", "bf16", rows),
+        measured, facts,
+        lambda dtype, rows: ext.smem_bytes(dtype, "bf16", "bf16", kernel_variants.mma_for(dtype, dispatch.resolve_fp8_math()), rows),
         lambda dtype: dispatch.MAX_ROWS_PER_CTA[dtype])
     out = args.out or default_output(facts.name)
     with open(out, "w") as f:

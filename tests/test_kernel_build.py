@@ -1,7 +1,8 @@
 """The kernel build, checked without a GPU (runs in CI): every arch compiles clean under the
-SM12x budget (trap 8), both cache dtypes build (trap 2), the BF16 kernels hold no FP8 types
-(trap 1), and the sm_120a FP8 kernels multiply in native e4m3 (QMMA) with no per-element
-FP8-to-half conversion."""
+SM12x budget (trap 8), every variant of csrc/variants.def is compiled and all cache dtypes
+build (trap 2), the BF16 kernels hold no FP8 types (trap 1), the default FP8 kernels multiply
+in 16 bit (HMMA) on exactly converted e4m3 (F2FP unpacks) with no local memory, and the
+opt-in e4m3 kernels keep native e4m3 MMAs (QMMA) in both products on sm_120a."""
 
 from __future__ import annotations
 
@@ -9,17 +10,24 @@ import re
 
 import pytest
 
-from mla_plugin import build
+from mla_plugin import build, kernel_variants
+from mla_plugin.kernel_variants import Variant
 
 DECODE = "mla_decode_kernel"
 ELEM = {"0": "bf16", "1": "fp16", "2": "fp8"}
 
 
-def _dtypes(kernel: str) -> tuple[str, str]:
-    """(kv, q) element types from a mangled DecodeConfig<Elem KV, Elem Q, Elem OUT, rows>."""
-    m = re.search(r"DecodeConfigILNS_4ElemE(\d)ELS\d_(\d)E", kernel)
+def _variant(kernel: str) -> Variant:
+    """The variant of a mangled DecodeConfig<Elem KV, Elem Q, Elem OUT, Elem MMA, int ROWS>."""
+    m = re.search(r"DecodeConfigILNS_4ElemE(\d)ELS\d_(\d)ELS\d_(\d)ELS\d_(\d)ELi(\d+)E", kernel)
     assert m, kernel
-    return ELEM[m.group(1)], ELEM[m.group(2)]
+    kv, q, out, mma = (ELEM[m.group(i)] for i in range(1, 5))
+    return Variant(kv, q, out, mma, int(m.group(5)))
+
+
+def _dtypes(kernel: str) -> tuple[str, str]:
+    v = _variant(kernel)
+    return v.kv, v.q
 
 
 @pytest.fixture(scope="module", params=build.SUPPORTED_ARCHS)
@@ -30,8 +38,8 @@ def ptxas(request):
 def test_trap08_no_spills_no_stack_frame_within_smem_budget(ptxas):
     arch, records = ptxas
     decode = [r for r in records if DECODE in r.kernel]
-    # 2 row tilings x (bf16, fp16, fp8+bf16 q, fp8+fp16 q, fp8 q -> bf16 / fp16 out)
-    assert len(decode) == 12, f"{arch}: expected 12 decode kernels, found {len(decode)}"
+    assert sorted(_variant(r.kernel) for r in decode) == sorted(kernel_variants.variants()), (
+        f"{arch}: the compiled decode kernels are not csrc/variants.def's list")
     assert build.resource_problems(records) == []
 
 
@@ -56,21 +64,38 @@ def _count(sass: str, pattern: str) -> int:
     return len(re.findall(pattern, sass))
 
 
-def test_fp8_kernels_use_native_e4m3_mma_without_unpacking_on_sm120a():
-    kernels = {k: v for src in ("launch_fp8_q16.cu", "launch_fp8_q8.cu")
-               for k, v in build.sass_by_kernel("12.0a", src).items() if DECODE in k}
+def _decode_sass(unit: str) -> dict[str, str]:
+    return {k: v for k, v in build.sass_by_kernel("12.0a", unit).items() if DECODE in k}
+
+
+def test_default_fp8_kernels_multiply_in_16_bit_on_exactly_converted_e4m3_on_sm120a():
+    kernels = {k: v for unit in ("launch_fp8_q16.cu", "launch_fp8_q8.cu") for k, v in _decode_sass(unit).items()}
     assert len(kernels) == 8  # q bf16 / fp16 / e4m3 (-> bf16 or fp16 out), 2 row tilings each
     for name, sass in kernels.items():
-        # S = Q K^T: 9 panels x 2 k-steps x S_NTILES(2) in the panel loop body (4 per panel),
-        # O = P V: at least 8 per k-step: both products on QMMA.
-        assert _count(sass, r"QMMA\.16832\.F32\.E4M3\.E4M3") >= 12, name
-        assert _count(sass, r"HMMA") == 0, f"{name}: 16-bit MMA in the FP8 kernel"
-        assert _count(sass, r"F2FP\.(?:F16|BF16)\.E[45]M[23]|E4M3\.UNPACK|F2F\.F16\.E4M3") == 0, (
-            f"{name}: FP8 -> 16-bit conversions (the product would not be native FP8)")
+        assert _variant(name).mma == "fp16", name
+        # S = Q K^T: 9 k-steps x 4 n8 tiles per warp, O = P V: 2 k-steps x 16 n8 tiles
+        assert _count(sass, r"HMMA\.16816\.F32\b") >= 68, f"{name}: f16 MMAs in both products"
+        assert _count(sass, r"QMMA") == 0, f"{name}: e4m3 MMA in the default FP8 kernel"
+        # K (9 ldmatrix.x4, 8 conversions each) and V (16 ldmatrix.x2, 4 each) widened in registers
+        assert _count(sass, r"F2FP\.F16\.E4M3\.UNPACK_B") >= 128, f"{name}: e4m3 -> f16 conversions"
+        assert _count(sass, r"F2FP\.SATFINITE\.E4M3") == 0, f"{name}: something is rounded to e4m3"
+        assert _count(sass, r"\b(LDL|STL)\b") == 0, f"{name}: local memory"
+
+
+def test_opt_in_e4m3_kernels_use_native_e4m3_mma_in_both_products_on_sm120a():
+    kernels = {k: v for unit in ("launch_e4m3_q16.cu", "launch_e4m3_q8.cu") for k, v in _decode_sass(unit).items()}
+    assert len(kernels) == 8
+    for name, sass in kernels.items():
+        assert _variant(name).mma == "fp8", name
+        # S: 4 or 5 k32 steps x 4 n8 tiles per warp (20 in the unrolled body), O: 16
+        assert _count(sass, r"QMMA\.16832\.F32\.E4M3\.E4M3") >= 36, name
+        assert _count(sass, r"HMMA") == 0, f"{name}: 16-bit MMA in the e4m3 kernel"
+        assert _count(sass, r"F2FP\.F16\.E4M3\.UNPACK_B") == 0, f"{name}: e4m3 -> 16-bit conversions"
+        assert _count(sass, r"\b(LDL|STL)\b") == 0, f"{name}: local memory"
 
 
 def test_trap01_bf16_kernels_hold_no_fp8_types_on_sm120a():
-    kernels = {k: v for k, v in build.sass_by_kernel("12.0a", "launch_bf16.cu").items() if DECODE in k}
+    kernels = _decode_sass("launch_bf16.cu")
     assert len(kernels) == 2
     for name, sass in kernels.items():
         assert _count(sass, r"HMMA\.16816\.F32\.BF16") >= 8, name

@@ -100,3 +100,21 @@ def test_build_refuses_an_unknown_arch():
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
     assert "'8.0' is not supported; expected one of 9.0a, 12.0a, 12.1a" in result.stderr
+
+
+def test_build_key_covers_headers_in_subfolders(tmp_path):
+    """csrc/ ships recursively (decode/ ...): a header in a subfolder is part of the cache key."""
+    import shutil
+
+    from mla_plugin import _paths
+
+    root = tmp_path / "csrc"
+    shutil.copytree(_paths.csrc_dir(), root)
+    before = build.source_hash(root)
+    assert before == build.source_hash(root)  # deterministic
+    (root / "decode" / "extra.cuh").write_text("// new\n")
+    added = build.source_hash(root)
+    assert added != before
+    (root / "decode" / "extra.cuh").write_text("// changed\n")
+    assert build.source_hash(root) != added
+    assert any(p.parent.name == "decode" for p in build.source_files(root))

@@ -8,7 +8,8 @@
 // loads in flight per thread, and merge through shared memory. The launcher picks p.chunks:
 // 1 for many rows (one group walks the few splits), up to 8 for a few rows with many splits.
 // Empty splits (lse -inf: the plan had more splits than the request needed) cost one
-// shared-memory test.
+// shared-memory test, and splits the request's length never reached (counted the way the decode
+// kernel's split_range counts them) none.
 #pragma once
 
 #include <cstdint>
@@ -52,11 +53,14 @@ __global__ void __launch_bounds__(COMBINE_THREADS) mla_combine_kernel(const Comb
     return partial_row(b, row_tile, s, row_in_tile, p.row_tiles, p.num_splits, p.rows_per_cta);
   };
 
-  grid_dependency_wait();  // the decode grid's partials are complete and visible
+  // Only the splits split_range gave tokens can hold a partial: a plan made for max_model_len
+  // has many more, and they cost nothing here.
+  const int kv_len = max(0, min(__ldg(p.seq_lens + b), p.kv_capacity));
+  const int splits = splits_with_tokens(ceil_div(kv_len, TILE_TOKENS), p.num_splits, p.min_tiles_per_split);
 
   // Every split's lse, their max and the sum of the weights exp2(lse - max).
   float mx = -INFINITY;
-  for (int s = tid; s < p.num_splits; s += COMBINE_THREADS) {
+  for (int s = tid; s < splits; s += COMBINE_THREADS) {
     const float v = p.partial_lse[split_row(s)];
     lse_s[s] = v;
     mx = fmaxf(mx, v);
@@ -69,7 +73,7 @@ __global__ void __launch_bounds__(COMBINE_THREADS) mla_combine_kernel(const Comb
 #pragma unroll
   for (int w = 0; w < COMBINE_THREADS / 32; ++w) mx = fmaxf(mx, red[w][0]);
   float total = 0.f;
-  for (int s = tid; s < p.num_splits; s += COMBINE_THREADS)
+  for (int s = tid; s < splits; s += COMBINE_THREADS)
     if (lse_s[s] != -INFINITY) total += exp2f(lse_s[s] - mx);
 #pragma unroll
   for (int off = 16; off > 0; off /= 2) total += __shfl_xor_sync(0xffffffffu, total, off);
@@ -78,7 +82,7 @@ __global__ void __launch_bounds__(COMBINE_THREADS) mla_combine_kernel(const Comb
   // The weighted partial rows of this group's splits (group, group + chunks, ...).
   float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
   if (mx != -INFINITY) {
-    for (int s0 = group; s0 < p.num_splits; s0 += p.chunks * COMBINE_UNROLL) {
+    for (int s0 = group; s0 < splits; s0 += p.chunks * COMBINE_UNROLL) {
       float w[COMBINE_UNROLL];
       float4 v[COMBINE_UNROLL];
 #pragma unroll
@@ -87,7 +91,7 @@ __global__ void __launch_bounds__(COMBINE_THREADS) mla_combine_kernel(const Comb
         w[u] = 0.f;
         v[u] = make_float4(0.f, 0.f, 0.f, 0.f);
         // an empty split never wrote its partial row: read it only where its lse says it did
-        if (s < p.num_splits && lse_s[s] != -INFINITY) {
+        if (s < splits && lse_s[s] != -INFINITY) {
           w[u] = exp2f(lse_s[s] - mx);
           v[u] = *reinterpret_cast<const float4*>(p.partial_out + split_row(s) * V_DIM + channel);
         }

@@ -1,12 +1,8 @@
-// Launch one decode variant (and the split combine), with per-device one-time set-up. Both
-// kernels go out as programmatic dependent launches (cudaLaunchKernelEx, PDL): each may start
-// while the kernel before it in the stream finishes, and waits (griddepcontrol.wait) before it
-// touches global memory. MLA_PLUGIN_PDL=0 turns that off (plain stream order) for measurements.
+// Launch one decode variant (and the split combine), with per-device one-time set-up. Plain
+// stream order: programmatic dependent launch measured slower (csrc/README.md).
 #pragma once
 
 #include <atomic>
-#include <cstdlib>
-#include <cstring>
 #include <string>
 
 #include "combine_kernel.cuh"
@@ -17,14 +13,6 @@ namespace mla {
 
 inline std::string cuda_error_text(const char* what, cudaError_t err) {
   return std::string(what) + ": " + cudaGetErrorName(err) + " (" + cudaGetErrorString(err) + ")";
-}
-
-inline bool pdl_enabled() {
-  static const bool enabled = [] {
-    const char* v = std::getenv("MLA_PLUGIN_PDL");
-    return !(v && std::strcmp(v, "0") == 0);
-  }();
-  return enabled;
 }
 
 // Function attributes are per device: remember, per kernel and size, which devices were set.
@@ -50,21 +38,6 @@ inline cudaError_t ensure_smem_attribute(Kernel kernel, int smem_bytes) {
   return err;
 }
 
-template <class Kernel, class... Args>
-inline cudaError_t launch_kernel(Kernel kernel, dim3 grid, dim3 block, int smem, cudaStream_t stream, Args... args) {
-  cudaLaunchConfig_t config = {};
-  config.gridDim = grid;
-  config.blockDim = block;
-  config.dynamicSmemBytes = static_cast<size_t>(smem);
-  config.stream = stream;
-  cudaLaunchAttribute attribute[1];
-  attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attribute[0].val.programmaticStreamSerializationAllowed = 1;
-  config.attrs = attribute;
-  config.numAttrs = pdl_enabled() ? 1 : 0;
-  return cudaLaunchKernelEx(&config, kernel, args...);
-}
-
 template <Elem OUT>
 inline std::string launch_combine(const DecodeLaunch& L, int rows_per_cta) {
   const DecodeParams& d = L.params;
@@ -81,6 +54,9 @@ inline std::string launch_combine(const DecodeLaunch& L, int rows_per_cta) {
   c.rows_per_cta = rows_per_cta;
   c.row_tiles = d.row_tiles;
   c.num_splits = d.num_splits;
+  c.seq_lens = d.seq_lens;
+  c.kv_capacity = d.max_blocks * d.block_size;
+  c.min_tiles_per_split = d.min_tiles_per_split;
   if (c.num_splits > COMBINE_MAX_SPLITS)
     return "num_splits " + std::to_string(c.num_splits) + " exceeds the combine's " + std::to_string(COMBINE_MAX_SPLITS);
   // Enough CTAs to cover the GPU twice: many rows keep each row in one CTA, a few rows split
@@ -89,7 +65,8 @@ inline std::string launch_combine(const DecodeLaunch& L, int rows_per_cta) {
   while (c.chunks < COMBINE_MAX_CHUNKS && c.num_rows_total * c.chunks < 2 * L.sm_count && c.chunks < c.num_splits)
     c.chunks *= 2;
   const dim3 grid(c.num_rows_total, c.chunks);
-  const cudaError_t err = launch_kernel(mla_combine_kernel<OUT>, grid, dim3(COMBINE_THREADS), 0, L.stream, c);
+  mla_combine_kernel<OUT><<<grid, COMBINE_THREADS, 0, L.stream>>>(c);
+  const cudaError_t err = cudaGetLastError();
   return err == cudaSuccess ? std::string() : cuda_error_text("combine launch", err);
 }
 
@@ -100,7 +77,8 @@ inline std::string launch_config(const DecodeLaunch& L, const CUtensorMap& kv_ma
   cudaError_t err = ensure_smem_attribute<Cfg>(kernel, smem);
   if (err != cudaSuccess) return cuda_error_text("cudaFuncSetAttribute(max dynamic shared memory)", err);
   const dim3 grid(L.params.row_tiles, L.params.num_splits, L.params.batch);
-  err = launch_kernel(kernel, grid, dim3(Cfg::THREADS), smem, L.stream, kv_map, L.params);
+  kernel<<<grid, Cfg::THREADS, smem, L.stream>>>(kv_map, L.params);
+  err = cudaGetLastError();
   if (err != cudaSuccess) return cuda_error_text("decode kernel launch", err);
   if (L.params.num_splits > 1) return launch_combine<Cfg::OUT>(L, Cfg::ROWS);
   return std::string();

@@ -49,6 +49,10 @@ struct CombineParams {
   int num_heads, query_len, num_rows_total;  // num_rows_total = T * H
   int rows_per_cta, row_tiles, num_splits;
   int chunks;  // channel chunks per row (CTAs per output row), 1..COMBINE_MAX_CHUNKS
+  // To count the splits the decode kernel gave tokens (split_range): the rest wrote nothing.
+  const int32_t* seq_lens;
+  int kv_capacity;  // block_table width x block_size
+  int min_tiles_per_split;
 };
 
 }  // namespace mla

@@ -60,13 +60,6 @@ __device__ __forceinline__ void tma_prefetch_descriptor(const void* tensor_map) 
                : "memory");
 }
 
-// ---- programmatic dependent launch (sm_90+, SM12x) ----------------------------------------
-// wait: block until the grids this one depends on have completed and their writes are visible
-// (a no-op when the kernel was launched without the programmatic attribute).
-__device__ __forceinline__ void grid_dependency_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
-// launch_dependents: let the next kernel in the stream start launching (it still waits above).
-__device__ __forceinline__ void grid_launch_dependents() { asm volatile("griddepcontrol.launch_dependents;" :::); }
-
 // ---- named barrier among the consumer warps (id 0 is __syncthreads) -------------------------
 __device__ __forceinline__ void named_barrier_sync(uint32_t id, uint32_t threads) {
   asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory");

@@ -40,11 +40,11 @@ SM12X_RESIDENCY_ENV = "MLA_PLUGIN_SM12X_RESIDENCY"
 
 _DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float8_e4m3fn: "fp8"}
 ROWS_PER_CTA_CHOICES = tuple(sorted({v.rows for v in kernel_variants.variants()}))
-# Widest row tile per cache dtype: 16 everywhere. A 32-row CTA (9 warps, 168 registers) is alone
-# on a Hopper SM where two 16-row CTAs fit: H200 2026-12-01, B64 H64 ctx4k 300 vs 346 us (bf16),
-# 312 vs 359 us (fp8); the 32-row variants stay compiled for SM12x, which holds one CTA either way.
-MAX_ROWS_PER_CTA = {"bf16": 16, "fp16": 16, "fp8": 16}
-
+# Rows per CTA: 16, or 32 where a 16-row CTA is alone on its SM. Two 16-row CTAs (10 warps) beat
+# one 32-row CTA (9 warps) on a Hopper SM: H200 2026-12-01, B64 H64 ctx4k 300 vs 346 us (bf16),
+# 312 vs 359 us (fp8). With one CTA per SM, as on SM12x (emulated on the H200: the bench's
+# --sm12x-residency), 32 rows read each KV tile for twice the rows: B64 H64 ctx4k bf16 297 vs
+# 519 us, B64 H128 587 vs 1035.
 # Every variant a launch plan has chosen in this process (the GPU suite checks it ran them all).
 _launched: set[Variant] = set()
 
@@ -95,7 +95,7 @@ def ctas_per_sm(facts: DeviceFacts, smem_per_cta: int) -> int:
 
 
 def plan_launch(batch: int, rows_per_request: int, facts: DeviceFacts, smem_per_cta_of, tuning: dict,
-                max_seq_len: int | None, max_rows_per_cta: int = 32, one_cta_per_sm: bool = False) -> Plan:
+                max_seq_len: int | None, one_cta_per_sm: bool = False) -> Plan:
     """Rows per CTA and the split count. Splits only when batch x row tiles underfills the GPU,
     and never into splits shorter than min_tokens_per_split (when max_seq_len is known).
 
@@ -103,8 +103,9 @@ def plan_launch(batch: int, rows_per_request: int, facts: DeviceFacts, smem_per_
     min_tokens_per_split of the request's real length at run time, so a plan made for a
     larger max_seq_len (vLLM captures its CUDA graphs at max_model_len) does the same work
     on short requests; its extra splits find no tokens and exit before any load."""
-    rows_per_cta = forced_rows_per_cta() or (
-        ROWS_PER_CTA_CHOICES[0] if rows_per_request <= ROWS_PER_CTA_CHOICES[0] else max_rows_per_cta)
+    narrow, wide = ROWS_PER_CTA_CHOICES[0], ROWS_PER_CTA_CHOICES[-1]
+    narrow_alone = one_cta_per_sm or ctas_per_sm(facts, smem_per_cta_of(narrow)) == 1
+    rows_per_cta = forced_rows_per_cta() or (wide if rows_per_request > narrow and narrow_alone else narrow)
     row_tiles = math.ceil(rows_per_request / rows_per_cta)
     ctas = max(1, batch * row_tiles)
     per_sm = 1 if one_cta_per_sm else ctas_per_sm(facts, smem_per_cta_of(rows_per_cta))
@@ -240,7 +241,7 @@ def launch_plan(shape: LaunchShape) -> LaunchPlan:
 
     max_seq_len = None if shape.split_cap is None else shape.split_cap * int(tuning["min_tokens_per_split"])
     plan = plan_launch(shape.batch, shape.rows_per_request, facts, smem_of, tuning, max_seq_len,
-                       MAX_ROWS_PER_CTA[shape.kv], shape.one_cta_per_sm)
+                       shape.one_cta_per_sm)
     variant = kernel_variants.find(shape.kv, shape.q, shape.out, shape.mma, plan.rows_per_cta)
     if variant is None:
         raise ValueError(f"mla_plugin: no compiled kernel for kv={shape.kv} q={shape.q} out={shape.out} "

@@ -20,10 +20,10 @@ import time
 
 from mla_plugin import configs, dispatch, kernel_variants
 
-SPLIT_CANDIDATES = (1, 2, 4, 8, 16, 32, 64)
+SPLIT_CANDIDATES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 WAVES_CANDIDATES = (0.5, 1.0, 1.5, 2.0)
-MIN_TOKENS_CANDIDATES = (64, 128, 256, 512, 1024)
-MAX_SPLITS = 64
+MIN_TOKENS_CANDIDATES = (32, 64, 128, 256, 512, 1024)
+MAX_SPLITS = 256
 
 
 def predicted_time(times: dict[int, float], splits: int) -> float:
@@ -32,8 +32,7 @@ def predicted_time(times: dict[int, float], splits: int) -> float:
     return times[nearest]
 
 
-def choose_tuning(measured: dict[tuple, dict[int, float]], facts: dispatch.DeviceFacts,
-                  smem_of, max_rows_of) -> dict:
+def choose_tuning(measured: dict[tuple, dict[int, float]], facts: dispatch.DeviceFacts, smem_of) -> dict:
     """measured[(batch, heads, context, dtype)] = {splits: us}. Returns the tuning dict (waves,
     max_splits, min_tokens_per_split) minimising the geo-mean predicted time."""
     best = None
@@ -41,8 +40,7 @@ def choose_tuning(measured: dict[tuple, dict[int, float]], facts: dispatch.Devic
         tuning = {"waves": waves, "max_splits": MAX_SPLITS, "min_tokens_per_split": min_tokens}
         logs = []
         for (batch, heads, context, dtype), times in measured.items():
-            plan = dispatch.plan_launch(batch, heads, facts, lambda rows: smem_of(dtype, rows), tuning,
-                                        context, max_rows_of(dtype))
+            plan = dispatch.plan_launch(batch, heads, facts, lambda rows: smem_of(dtype, rows), tuning, context)
             logs.append(math.log(predicted_time(times, plan.num_splits)))
         score = sum(logs) / len(logs)
         if best is None or score < best[0] - 1e-12:
@@ -115,8 +113,7 @@ def main(args) -> int:
         torch.cuda.empty_cache()
     tuning = choose_tuning(
         measured, facts,
-        lambda dtype, rows: ext.smem_bytes(dtype, "bf16", "bf16", kernel_variants.mma_for(dtype, dispatch.resolve_fp8_math()), rows),
-        lambda dtype: dispatch.MAX_ROWS_PER_CTA[dtype])
+        lambda dtype, rows: ext.smem_bytes(dtype, "bf16", "bf16", kernel_variants.mma_for(dtype, dispatch.resolve_fp8_math()), rows))
     out = args.out or default_output(facts.name)
     with open(out, "w") as f:
         f.write(table_yaml(facts.name, tuning, list(measured)))

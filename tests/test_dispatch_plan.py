@@ -19,11 +19,19 @@ def plan(batch, heads, facts=H100, tuning=TUNING, max_seq_len=None, query_len=1)
     return dispatch.plan_launch(batch, heads * query_len, facts, smem_95k, tuning, max_seq_len)
 
 
-def test_rows_per_cta_follow_the_rows_of_a_request():
+def test_rows_per_cta_16_where_two_ctas_share_an_sm():
     assert plan(4, 16).rows_per_cta == 16 and plan(4, 16).row_tiles == 1
-    assert plan(4, 20).rows_per_cta == 32 and plan(4, 20).row_tiles == 1
-    assert plan(4, 128).rows_per_cta == 32 and plan(4, 128).row_tiles == 4
-    assert plan(4, 16, query_len=2).rows_per_cta == 32
+    assert plan(4, 20).rows_per_cta == 16 and plan(4, 20).row_tiles == 2
+    assert plan(4, 128).rows_per_cta == 16 and plan(4, 128).row_tiles == 8
+    assert plan(4, 16, query_len=2).rows_per_cta == 16
+
+
+def test_rows_per_cta_32_where_a_cta_is_alone_on_its_sm():
+    assert plan(4, 16, facts=RTX5090).rows_per_cta == 16  # one m-tile: nothing to share
+    assert plan(4, 20, facts=RTX5090).rows_per_cta == 32 and plan(4, 20, facts=RTX5090).row_tiles == 1
+    assert plan(4, 128, facts=RTX5090).rows_per_cta == 32 and plan(4, 128, facts=RTX5090).row_tiles == 4
+    emulated = dispatch.plan_launch(4, 64, H100, smem_95k, TUNING, None, one_cta_per_sm=True)
+    assert emulated.rows_per_cta == 32 and emulated.row_tiles == 2
 
 
 def test_ctas_per_sm_from_shared_memory():
@@ -38,11 +46,12 @@ def test_splits_fill_one_wave_without_spilling_into_a_second():
     assert plan(64, 16).num_splits == 4
     assert plan(128, 16).num_splits == 2
     assert plan(300, 16).num_splits == 1  # already more than a wave
-    assert plan(64, 128).num_splits == 1  # 64 x 4 row tiles = 256 CTAs
+    assert plan(33, 128).num_splits == 1  # 33 x 8 row tiles = 264 CTAs
 
 
 def test_split_caps_max_splits_and_min_tokens_per_split():
     assert plan(1, 16).num_splits == 64  # 264 would fit; max_splits caps it
+    assert plan(1, 16, tuning={**TUNING, "max_splits": 1024}).num_splits == 264
     assert plan(1, 16, max_seq_len=1024).num_splits == 4  # 1024 / 256 tokens per split
     assert plan(1, 16, max_seq_len=100).num_splits == 1
 

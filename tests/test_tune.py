@@ -16,10 +16,6 @@ def smem(dtype, rows):
     return 99 * 1024  # two CTAs per Hopper SM
 
 
-def max_rows(dtype):
-    return 16
-
-
 def test_predicted_time_takes_the_nearest_measured_split():
     times = {1: 100.0, 4: 40.0, 16: 30.0}
     assert tune.predicted_time(times, 4) == 40.0
@@ -33,20 +29,20 @@ def test_choose_tuning_follows_the_timings():
     for batch in (8, 32, 64):
         one_wave = (2 * 132) // batch
         measured[(batch, 16, 4096, "bf16")] = {s: (10.0 if s == one_wave else 50.0) for s in tune.SPLIT_CANDIDATES + (one_wave,)}
-    choice = tune.choose_tuning(measured, H100, smem, max_rows)
+    choice = tune.choose_tuning(measured, H100, smem)
     assert choice["waves"] == 1.0
     # Now the same shapes prefer half a wave.
     measured = {}
     for batch in (8, 32, 64):
         half = 132 // batch
         measured[(batch, 16, 4096, "bf16")] = {s: (10.0 if s == half else 50.0) for s in tune.SPLIT_CANDIDATES + (half,)}
-    assert tune.choose_tuning(measured, H100, smem, max_rows)["waves"] == 0.5
+    assert tune.choose_tuning(measured, H100, smem)["waves"] == 0.5
 
 
 def test_choose_tuning_picks_min_tokens_for_short_contexts():
     # Batch 1: a 1k context is fastest at 8 splits, i.e. 128 tokens per split.
     measured = {(1, 16, 1024, "bf16"): {s: (10.0 if s == 8 else 40.0) for s in tune.SPLIT_CANDIDATES}}
-    assert tune.choose_tuning(measured, H100, smem, max_rows)["min_tokens_per_split"] == 128
+    assert tune.choose_tuning(measured, H100, smem)["min_tokens_per_split"] == 128
 
 
 def test_written_table_loads_through_configs(tmp_path, monkeypatch):

@@ -47,10 +47,19 @@ struct SplitRange {
   __device__ __forceinline__ bool empty() const { return begin >= end; }
 };
 
+__device__ __forceinline__ int tiles_per_split(int n_tiles, int num_splits, int min_tiles) {
+  return max(min_tiles, ceil_div(n_tiles, num_splits));
+}
+
 __device__ __forceinline__ SplitRange split_range(int n_tiles, int num_splits, int min_tiles, int split) {
-  const int per_split = max(min_tiles, ceil_div(n_tiles, num_splits));
+  const int per_split = tiles_per_split(n_tiles, num_splits, min_tiles);
   const int begin = split * per_split;
   return {begin, min(n_tiles, begin + per_split)};
+}
+
+// How many of the splits split_range gives tokens (the first ones; the rest are empty).
+__device__ __forceinline__ int splits_with_tokens(int n_tiles, int num_splits, int min_tiles) {
+  return min(num_splits, ceil_div(n_tiles, tiles_per_split(n_tiles, num_splits, min_tiles)));
 }
 
 }  // namespace mla

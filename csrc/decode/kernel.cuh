@@ -43,11 +43,6 @@ __global__ void __launch_bounds__(Cfg::THREADS) __maxnreg__(Cfg::MAX_REGISTERS)
   const int warp = threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
 
-  // Launched as a programmatic dependent: nothing global is read before the previous kernel in
-  // the stream is done; the combine may start launching right away (it waits for us in turn).
-  grid_dependency_wait();
-  grid_launch_dependents();
-
   const int seq_len = __ldg(p.seq_lens + b);
   const int kv_len = max(0, min(seq_len, p.max_blocks * p.block_size));
   const SplitRange range = split_range(ceil_div(kv_len, Cfg::TOKENS), p.num_splits, p.min_tiles_per_split, split);

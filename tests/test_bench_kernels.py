@@ -102,6 +102,69 @@ def test_ours_is_called_with_the_op_contract():
     assert torch.isfinite(prepared.out.float()).all()
 
 
+def test_ours_gets_the_planning_hint_it_is_given():
+    calls = []
+    inputs = make_inputs(Shape(batch=2, heads=16, context=100, dtype="bf16", page_size=32), "cpu")
+    prepared = bench_kernels.prepare_ours(bench_fakes.make_ours(calls=calls), inputs, max_seq_len=131072)
+    prepared.run()
+    assert calls[0]["max_seq_len"] == 131072  # graph mode: planned for max_model_len
+    assert prepared.plan == {"max_seq_len": 131072}
+
+
+def test_ragged_eager_hint_is_the_longest_request():
+    calls = []
+    shape = Shape(batch=8, heads=16, context=3000, dtype="bf16", page_size=64, lengths="ragged")
+    inputs = make_inputs(shape, "cpu", seed=3)
+    assert inputs.max_seq_len < 3000  # the draw leaves room: the hint must not be the context
+    bench_kernels.prepare_ours(bench_fakes.make_ours(calls=calls), inputs).run()
+    assert calls[0]["max_seq_len"] == max(inputs.lengths)
+    triton_calls = []
+    prepared = bench_kernels.prepare_triton(bench_fakes.make_triton(calls=triton_calls), inputs, sm_count=132)
+    prepared.run()
+    splits = bench_kernels.num_kv_splits(max(inputs.lengths), 132)
+    assert triton_calls[0]["num_kv_splits"] == splits and prepared.plan["num_kv_splits"] == splits
+    assert triton_calls[0]["b_seq_len"].tolist() == inputs.lengths
+
+
+def test_triton_in_graph_mode_plans_splits_and_logits_for_max_model_len():
+    calls = []
+    inputs = make_inputs(Shape(batch=2, heads=16, context=4096, dtype="bf16", page_size=64), "cpu")
+    prepared = bench_kernels.prepare_triton(bench_fakes.make_triton(calls=calls), inputs, sm_count=132,
+                                            max_seq_len=131072)
+    prepared.run()
+    (c,) = calls
+    assert c["num_kv_splits"] == 256  # min(next_pow2(131072 // 512), 2 * 132), as vLLM captures it
+    assert c["attn_logits"].shape == (2, 16, 256, 513)
+    assert c["b_seq_len"].tolist() == [4096, 4096]  # replayed on the real lengths
+    assert prepared.plan == {"max_seq_len": 131072, "num_kv_splits": 256}
+    torch.testing.assert_close(prepared.out.float(), bench_fakes.reference(
+        inputs.q, inputs.kv_cache, inputs.block_table, inputs.seq_lens,
+        softmax_scale=inputs.softmax_scale)[0], atol=2e-2, rtol=0)
+
+
+def test_ours_runs_with_the_residency_environment_only_inside_each_call(monkeypatch):
+    monkeypatch.delenv("MLA_PLUGIN_SM12X_RESIDENCY", raising=False)
+    seen = []
+
+    def mla_decode(*args, **kwargs):
+        seen.append(os.environ.get("MLA_PLUGIN_SM12X_RESIDENCY"))
+        return bench_fakes.make_ours()(*args, **kwargs)
+
+    inputs = make_inputs(Shape(batch=1, heads=16, context=64, dtype="bf16", page_size=16), "cpu")
+    prepared = bench_kernels.prepare_ours(mla_decode, inputs, environment={"MLA_PLUGIN_SM12X_RESIDENCY": "1"})
+    assert "MLA_PLUGIN_SM12X_RESIDENCY" not in os.environ
+    prepared.run()
+    assert seen == ["1"] and "MLA_PLUGIN_SM12X_RESIDENCY" not in os.environ
+    assert prepared.plan["environment"] == {"MLA_PLUGIN_SM12X_RESIDENCY": "1"}
+
+
+def test_triton_workspace_follows_the_planning_hint():
+    shape = Shape(batch=128, heads=128, context=32768, dtype="bf16")
+    graph = bench_kernels.triton_workspace_bytes(shape, 132, max_seq_len=131072)
+    assert graph >= 128 * 128 * 256 * 513 * 4  # 256 splits at 131072
+    assert graph > 3.9 * bench_kernels.triton_workspace_bytes(shape, 132)  # vs 64 at 32k
+
+
 def test_triton_workspace_bytes():
     shape = Shape(batch=128, heads=128, context=32768, dtype="bf16")
     logits = 128 * 128 * 64 * 513 * 4  # 64 splits at 32k

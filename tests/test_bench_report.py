@@ -202,3 +202,54 @@ def test_plot_with_both_modes(tmp_path):
     rows = [_mode_row("eager", 1, "bf16", 10.0, 20.0), _mode_row("graph", 1, "bf16", 10.0, 60.0)]
     written, _ = bench_report.write_plot(rows, str(tmp_path / "m.png"), "modes")
     assert written and (tmp_path / "m.png").stat().st_size > 1000
+
+
+def _part(dtype, speedups, device="NVIDIA H200"):
+    rows = [_mode_row(mode, batch, dtype, 10.0, 10.0 * speedup)
+            for batch, speedup in speedups for mode in ("eager", "graph")]
+    return {"created": "2026-12-01T00:00:00Z", "device": {"name": device}, "copy_bandwidth": {"copy_bw_gbs": 4000.0},
+            "mma_peak": {"mma_peak_tflops": 650.0}, "conditions": {"modes": ["eager", "graph"]},
+            "options": {"dtype": dtype}, "elapsed_s": 100.0, "results": rows,
+            "summary": bench_report.summarize(rows)}
+
+
+def test_parts_of_a_run_merge_into_one_summary():
+    merged = bench_report.merge_reports([_part("bf16", [(1, 2.0), (8, 8.0)]), _part("fp8", [(1, 1.0)])])
+    assert len(merged["results"]) == 6 and merged["device"] == {"name": "NVIDIA H200"}
+    speedup = merged["summary"]["geomean_speedup"]["graph uniform"]
+    assert speedup["bf16"] == pytest.approx(4.0) and speedup["fp8"] == pytest.approx(1.0)
+    assert speedup["all"] == pytest.approx(16 ** (1 / 3))  # over both parts
+    assert [p["options"]["dtype"] for p in merged["parts"]] == ["bf16", "fp8"]
+    assert merged["parts"][0]["rows"] == 4 and merged["parts"][0]["copy_bandwidth"]["copy_bw_gbs"] == 4000.0
+
+
+def test_merging_refuses_other_gpus_and_repeated_shapes():
+    with pytest.raises(ValueError, match="different GPUs"):
+        bench_report.merge_reports([_part("bf16", [(1, 2.0)]), _part("fp8", [(1, 2.0)], device="NVIDIA H100")])
+    with pytest.raises(ValueError, match="more than one part under the same condition"):
+        bench_report.merge_reports([_part("bf16", [(1, 2.0)]), _part("bf16", [(1, 3.0)])])
+    with pytest.raises(ValueError, match="nothing to merge"):
+        bench_report.merge_reports([])
+
+
+def test_merge_script_writes_csv_json_png(tmp_path):
+    import subprocess
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    paths = []
+    for i, part in enumerate([_part("bf16", [(1, 2.0)]), _part("fp8", [(1, 3.0)])]):
+        path = tmp_path / f"part{i}.json"
+        bench_report.write_json(part, str(path))
+        paths.append(str(path))
+    out = tmp_path / "merged"
+    proc = subprocess.run([sys.executable, str(repo / "benchmarks" / "merge_results.py"), "--out-dir", str(out), *paths],
+                          capture_output=True, text=True, timeout=300, cwd=str(repo))
+    assert proc.returncode == 0, proc.stderr
+    assert "graph uniform" in proc.stdout
+    (merged_json,) = out.glob("mla_bench_nvidia-h200_*_merged.json")
+    assert len(json.loads(merged_json.read_text())["results"]) == 4
+    assert list(out.glob("*_merged.csv")) and list(out.glob("*_merged.png"))
+    bad = subprocess.run([sys.executable, str(repo / "benchmarks" / "merge_results.py"), str(tmp_path / "none.json")],
+                         capture_output=True, text=True, timeout=300, cwd=str(repo))
+    assert bad.returncode == 2 and "merge_results:" in bad.stderr and "Traceback" not in bad.stderr

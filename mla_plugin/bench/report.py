@@ -269,3 +269,26 @@ def file_stem(device_name: str, timestamp: str) -> str:
     slug = "".join(ch if ch.isalnum() else "-" for ch in device_name.lower())
     slug = "-".join(part for part in slug.split("-") if part)
     return f"mla_bench_{slug}_{timestamp}"
+
+
+def merge_reports(reports: list[dict]) -> dict:
+    """One report from the JSON reports of a run made in parts (e.g. one per dtype or mode):
+    every result row, a summary recomputed over all of them, and each part's own record
+    (its copy bandwidth, mma peak, conditions, options, elapsed time) under "parts". The
+    parts must come from one GPU model; each row keeps the %-figures its own part measured."""
+    if not reports:
+        raise ValueError("nothing to merge")
+    names = {r.get("device", {}).get("name") for r in reports}
+    if len(names) != 1:
+        raise ValueError(f"the parts come from different GPUs ({', '.join(sorted(map(str, names)))}): "
+                         f"merge one GPU's parts at a time")
+    rows = [row for r in reports for row in r.get("results", [])]
+    keys = [(row.get("label"), row.get("page_size"), condition(row)) for row in rows]
+    repeated = sorted({str(k) for k in keys if keys.count(k) > 1})
+    if repeated:
+        raise ValueError(f"a shape is in more than one part under the same condition: {repeated[0]}")
+    parts = [{k: r.get(k) for k in ("created", "device", "copy_bandwidth", "mma_peak", "contenders", "conditions",
+                                     "method", "options", "elapsed_s")} | {"rows": len(r.get("results", []))}
+             for r in reports]
+    return {"tool": "python -m mla_plugin bench (parts merged)", "device": reports[0].get("device"),
+            "parts": parts, "results": rows, "summary": summarize(rows)}

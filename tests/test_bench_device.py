@@ -3,12 +3,14 @@ graph and sync stubbed, the real torch.profiler on the CPU) and the driver versi
 
 import contextlib
 
+import pytest
 import torch
 
 from mla_plugin.bench import device as bench_device
 from mla_plugin.bench import kernel_times
 
 
+@pytest.mark.filterwarnings("ignore:CUDA is not available, disabling CUDA profiling")
 def test_profiling_captures_inside_the_session_and_flushes_before_each_replay(monkeypatch):
     # the real profiler runs (CPU events only), and breakdown says there was no kernel instead of failing
     calls = []

@@ -278,7 +278,8 @@ def test_sm12x_residency_run_states_the_emulation_and_sets_the_variable_for_ours
     out = capsys.readouterr().out
     assert seen == {"ours": {"1"}, "triton": {None}} and variable not in os.environ
     assert "This emulates residency only: not SM12x clocks, SM count or GDDR7 memory bandwidth." in out
-    assert "this GPU fits 2 CTAs of 101376 B per SM natively" in out
+    assert "this GPU fits 2 CTAs of 101376 B per SM natively, and such a CTA then requests" in out
+    assert "WARNING" not in out  # this tree's dispatch reads the variable
     assert "eager uniform sm12x-residency" in out and "graph uniform sm12x-residency" in out
     report = _report(tmp_path)
     residency = report["conditions"]["sm12x_residency"]
@@ -327,3 +328,22 @@ def test_kernel_times_without_kernel_events_is_a_note(cpu_device, monkeypatch, t
     assert bench.main(args) == 0
     out = capsys.readouterr().out
     assert "ok  (kernel times: the profiler recorded no CUDA kernel events)" in out
+
+
+def test_a_residency_setting_left_in_the_shell_is_overridden_and_said(cpu_device, monkeypatch, tmp_path, capsys):
+    cpu_device.update(ours=10.0, triton=25.0)
+    variable = bench_residency.env_name()
+    monkeypatch.setenv(variable, "1")
+    seen = set()
+
+    def ours(*args, **kwargs):
+        seen.add(os.environ.get(variable))
+        return bench_fakes.make_ours()(*args, **kwargs)
+
+    _fake_kernels(monkeypatch, ours=ours)
+    args = parse("--batch", "1", "--heads", "16", "--context", "128", "--dtype", "bf16", "--page-size", "16",
+                 "--mode", "eager", "--out-dir", str(tmp_path))
+    assert bench.main(args) == 0
+    assert seen == {"0"} and os.environ[variable] == "1"
+    assert f"{variable}=1 in the environment is overridden to 0 for our calls" in capsys.readouterr().out
+    assert _report(tmp_path)["conditions"]["sm12x_residency"] is None

@@ -59,7 +59,7 @@ def test_variable_name_falls_back_to_the_agreed_one(monkeypatch):
     _fake_dispatch(monkeypatch)
     assert residency.env_name() == "MLA_PLUGIN_SM12X_RESIDENCY" and not residency.dispatch_defines_env()
     assert residency.variables(True) == {"MLA_PLUGIN_SM12X_RESIDENCY": "1"}
-    assert residency.variables(False) is None
+    assert residency.variables(False) == {"MLA_PLUGIN_SM12X_RESIDENCY": "0"}  # off means off, whatever the shell says
 
 
 def test_ctas_per_sm_hopper_fits_two_of_our_ctas_sm12x_one():
@@ -85,3 +85,25 @@ def test_describe_says_what_is_emulated_and_what_is_not(monkeypatch):
     for word in ("residency only", "clocks", "SM count", "GDDR7", "TRITON_MLA"):
         assert word in d["statement"]
     assert residency.describe(None)["native_ctas_per_sm_at_budget"] is None
+    assert d["smem_requested_at_budget"] is None  # this fake dispatch cannot say
+
+
+def test_the_real_dispatch_names_the_variable_and_the_request():
+    from mla_plugin import dispatch
+
+    assert residency.env_name() == dispatch.SM12X_RESIDENCY_ENV == "MLA_PLUGIN_SM12X_RESIDENCY"
+    d = residency.describe(228 * 1024, sm_count=132, name="NVIDIA H200")
+    assert d["dispatch_defines_env"] and d["native_ctas_per_sm_at_budget"] == 2
+    requested = d["smem_requested_at_budget"]
+    assert requested > geometry.SMEM_BUDGET_BYTES and 2 * (requested + 1024) > 228 * 1024  # two no longer fit
+    assert residency.describe(100 * 1024, sm_count=170, name="RTX 5090")["smem_requested_at_budget"] == (
+        geometry.SMEM_BUDGET_BYTES)  # one CTA already fills an SM12x SM: nothing to add
+
+
+def test_stray_shell_setting_is_noticed(monkeypatch):
+    monkeypatch.setenv(residency.env_name(), "1")
+    assert residency.stray_setting() == "1"
+    monkeypatch.setenv(residency.env_name(), "0")
+    assert residency.stray_setting() is None
+    monkeypatch.delenv(residency.env_name())
+    assert residency.stray_setting() is None

@@ -224,7 +224,8 @@ def _conditions(args, modes, info) -> dict:
     conditions = {"modes": list(modes), "max_model_len": args.max_model_len if "graph" in modes else None,
                   "lengths": args.lengths, "seed": args.seed, "sm12x_residency": None}
     if args.sm12x_residency:
-        conditions["sm12x_residency"] = bench_residency.describe(info.get("smem_per_sm"))
+        conditions["sm12x_residency"] = bench_residency.describe(info.get("smem_per_sm"), sm_count=info["sm_count"],
+                                                                 name=info["name"])
     return conditions
 
 
@@ -245,11 +246,16 @@ def _print_preamble(info, copy, mma, sources, method, shapes, conditions) -> Non
     residency = conditions["sm12x_residency"]
     if residency:
         native = residency["native_ctas_per_sm_at_budget"]
+        requested = residency["smem_requested_at_budget"]
         print(f"residency: {residency['statement']} Via {residency['env']}=1 around our calls; this GPU fits "
-              f"{native if native is not None else '?'} CTAs of {residency['smem_per_cta_budget']} B per SM natively.")
+              f"{native if native is not None else '?'} CTAs of {residency['smem_per_cta_budget']} B per SM natively"
+              + (f", and such a CTA then requests {requested} B." if requested else "."))
         if not residency["dispatch_defines_env"]:
             print(f"residency: WARNING: mla_plugin.dispatch does not define SM12X_RESIDENCY_ENV in this tree; "
                   f"the kernel may ignore {residency['env']}")
+    elif bench_residency.stray_setting() is not None:
+        print(f"residency: {bench_residency.env_name()}={bench_residency.stray_setting()} in the environment is "
+              f"overridden to 0 for our calls (pass --sm12x-residency to emulate SM12x residency)")
     print(f"{len(shapes)} shapes x {len(conditions['modes'])} modes; speed-up = TRITON_MLA time / ours; GB/s, "
           f"TFLOP/s and % columns are ours; %roof = roofline time (larger of bytes/copy BW and FLOPs/mma peak) "
           f"/ ours; err = max abs error against the fp32 reference; comb% = combine kernel's share of our "

@@ -21,7 +21,8 @@ import os
 
 from mla_plugin import geometry
 
-# TODO: once mla_plugin.dispatch exports SM12X_RESIDENCY_ENV everywhere, use it alone.
+# mla_plugin.dispatch.SM12X_RESIDENCY_ENV is the name (env_name() reads it); this copy only
+# keeps the bench's option working where dispatch cannot be imported.
 FALLBACK_ENV = "MLA_PLUGIN_SM12X_RESIDENCY"
 FALLBACK_RESERVED_SMEM_PER_CTA = 1024  # dispatch.SM90_RESERVED_SMEM_PER_CTA, when dispatch imports
 
@@ -79,9 +80,17 @@ def with_environment(run, variables: dict[str, str] | None):
     return wrapped
 
 
-def variables(enabled: bool) -> dict[str, str] | None:
-    """The environment our calls get: {env_name(): "1"} with --sm12x-residency, else None."""
-    return {env_name(): "1"} if enabled else None
+def variables(enabled: bool) -> dict[str, str]:
+    """The environment our calls get: the variable at "1" with --sm12x-residency, else at "0",
+    so that a value left in the shell never makes a run emulate what its report denies."""
+    return {env_name(): "1" if enabled else "0"}
+
+
+def stray_setting() -> str | None:
+    """The variable's value when the shell sets it to something other than off (the bench
+    overrides it for our calls: --sm12x-residency decides), else None."""
+    value = os.environ.get(env_name())
+    return value if value not in (None, "", "0") else None
 
 
 def ctas_per_sm(smem_per_sm: int, smem_per_cta: int, reserved_per_cta: int | None = None) -> int:
@@ -91,9 +100,23 @@ def ctas_per_sm(smem_per_sm: int, smem_per_cta: int, reserved_per_cta: int | Non
     return max(1, smem_per_sm // (smem_per_cta + reserved))
 
 
-def describe(smem_per_sm: int | None, smem_per_cta: int = geometry.SMEM_BUDGET_BYTES) -> dict:
+def requested_smem(smem_per_sm: int | None, smem_per_cta: int, sm_count: int = 1, name: str = "?") -> int | None:
+    """The dynamic shared memory dispatch requests per CTA under emulation
+    (dispatch.residency_smem_bytes), or None where dispatch cannot say."""
+    d = _dispatch()
+    if not smem_per_sm or not hasattr(d, "residency_smem_bytes") or not hasattr(d, "DeviceFacts"):
+        return None
+    try:
+        return int(d.residency_smem_bytes(d.DeviceFacts(name, sm_count, smem_per_sm), smem_per_cta))
+    except Exception:  # another dispatch's signature: the report just leaves it out
+        return None
+
+
+def describe(smem_per_sm: int | None, smem_per_cta: int = geometry.SMEM_BUDGET_BYTES, sm_count: int = 1,
+             name: str = "?") -> dict:
     """What the emulation changes on this GPU, for the report: how many of our largest CTAs
-    (the kernel's budget) fit per SM natively, and 1 under emulation."""
+    (the kernel's budget) fit per SM natively, 1 under emulation, and the shared memory
+    dispatch then requests for such a CTA."""
     native = ctas_per_sm(smem_per_sm, smem_per_cta) if smem_per_sm else None
     return {
         "emulated": True,
@@ -103,5 +126,6 @@ def describe(smem_per_sm: int | None, smem_per_cta: int = geometry.SMEM_BUDGET_B
         "smem_per_cta_budget": smem_per_cta,
         "native_ctas_per_sm_at_budget": native,
         "emulated_ctas_per_sm": 1,
+        "smem_requested_at_budget": requested_smem(smem_per_sm, smem_per_cta, sm_count, name),
         "statement": STATEMENT,
     }

@@ -137,8 +137,10 @@ def test_whole_run_on_cpu_writes_table_csv_json(cpu_device, monkeypatch, tmp_pat
     assert {r["ours_max_seq_len"] for r in rows if r["mode"] == "eager"} == {"128"}
     report = json.loads(json_path.read_text())
     assert report["summary"]["geomean_speedup"]["graph uniform"]["all"] == pytest.approx(2.5)
+    from mla_plugin import dispatch
     assert report["conditions"] == {"modes": ["eager", "graph"], "max_model_len": 131072, "lengths": "uniform",
-                                    "seed": 0, "sm12x_residency": None}
+                                    "seed": 0, "sm12x_residency": None, "fp8_math": dispatch.resolve_fp8_math()}
+    assert f"our FP8-cache math: {dispatch.resolve_fp8_math()}" in out
     assert set(report["method"]["modes"]) == {"eager", "graph"}
     assert report["summary"]["accuracy"]["eager uniform"]["bf16"]["shapes"] == 2
     assert report["device"]["name"] == "Fake GPU 80GB" and report["copy_bandwidth"]["copy_bw_gbs"] == 3000.0

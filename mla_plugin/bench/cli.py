@@ -222,11 +222,22 @@ def _run_grid(shapes, contenders, settings, release_memory) -> list:
 def _conditions(args, modes, info) -> dict:
     """What the run's figures were measured under, for the preamble and the JSON."""
     conditions = {"modes": list(modes), "max_model_len": args.max_model_len if "graph" in modes else None,
-                  "lengths": args.lengths, "seed": args.seed, "sm12x_residency": None}
+                  "lengths": args.lengths, "seed": args.seed, "sm12x_residency": None,
+                  "fp8_math": _fp8_math()}
     if args.sm12x_residency:
         conditions["sm12x_residency"] = bench_residency.describe(info.get("smem_per_sm"), sm_count=info["sm_count"],
                                                                  name=info["name"])
     return conditions
+
+
+def _fp8_math() -> str | None:
+    """Our op's FP8-cache math for this run (dispatch.resolve_fp8_math: $MLA_PLUGIN_FP8_MATH or
+    its default), or None where this tree's dispatch has no such switch."""
+    try:
+        from mla_plugin import dispatch
+        return dispatch.resolve_fp8_math()
+    except Exception:
+        return None
 
 
 def _print_preamble(info, copy, mma, sources, method, shapes, conditions) -> None:
@@ -243,6 +254,8 @@ def _print_preamble(info, copy, mma, sources, method, shapes, conditions) -> Non
     for mode in conditions["modes"]:
         print(f"mode {bench_modes.describe(mode, conditions['max_model_len'])}")
     print(f"lengths: {_lengths_text(conditions['lengths'])}")
+    if conditions["fp8_math"]:
+        print(f"our FP8-cache math: {conditions['fp8_math']} (MLA_PLUGIN_FP8_MATH or dispatch's default)")
     residency = conditions["sm12x_residency"]
     if residency:
         native = residency["native_ctas_per_sm_at_budget"]

@@ -13,7 +13,7 @@ def test_default_grid_is_the_full_issue_grid():
     assert {s.heads for s in shapes} == {16, 32, 64, 128}
     assert {s.context for s in shapes} == {1024, 4096, 16384, 32768}
     assert {s.dtype for s in shapes} == {"bf16", "fp8"}
-    assert {(s.page_size, s.query_len) for s in shapes} == {(64, 1)}
+    assert {(s.page_size, s.query_len, s.lengths) for s in shapes} == {(64, 1, "uniform")}
     assert len(set(shapes)) == len(shapes)
 
 
@@ -63,6 +63,7 @@ def test_lists_drop_repeats_and_keep_order():
     ({"page_size": 48}, "--page-size: 48 is not one of 16, 32, 64, 128"),
     ({"query_len": 9}, "--query-len: 9 is outside 1..8"),
     ({"context": "4", "query_len": 8}, "shorter than --query-len 8"),
+    ({"lengths": "random"}, "--lengths: 'random' is not one of uniform, ragged"),
 ])
 def test_bad_options_are_refused_by_name(kwargs, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(".", r"\.")):
@@ -80,3 +81,12 @@ def test_shape_derived_sizes_and_label():
 def test_build_grid_checks_page_size():
     with pytest.raises(ValueError, match="--page-size"):
         build_grid([1], [16], [1024], ["bf16"], page_size=24)
+
+
+def test_ragged_grid_marks_every_shape_and_its_label():
+    shapes = grid_from_options(batch="8,32", heads="16", context="4k", dtype="bf16", lengths="ragged")
+    assert [s.lengths for s in shapes] == ["ragged", "ragged"]
+    assert shapes[0].label == "B8 H16 4k bf16 ragged"
+    assert Shape(8, 16, 4096, "bf16", query_len=2, lengths="ragged").label == "B8 H16 4k bf16 q2 ragged"
+    assert shapes[0].as_dict()["lengths"] == "ragged"
+    assert Shape(8, 16, 4096, "bf16") != Shape(8, 16, 4096, "bf16", lengths="ragged")

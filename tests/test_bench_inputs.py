@@ -1,5 +1,7 @@
 """The bench's input tensors, made on the CPU (the same code makes them on the GPU)."""
 
+import random
+
 import torch
 
 from mla_plugin.bench import inputs as bench_inputs
@@ -70,3 +72,47 @@ def test_input_bytes_counts_the_cache():
     cache_bf16 = 4 * 16 * 64 * 576 * 2  # 16 pages of 64 per request
     assert bench_inputs.input_bytes(bf16) - bench_inputs.input_bytes(fp8) == cache_bf16 // 2
     assert bench_inputs.input_bytes(bf16) > cache_bf16
+
+
+def test_uniform_lengths_are_the_full_context():
+    shape = Shape(batch=3, heads=16, context=100, dtype="bf16", page_size=16)
+    assert bench_inputs.request_lengths(shape, seed=5) == [100, 100, 100]
+    inp = bench_inputs.make_inputs(shape, "cpu")
+    assert inp.lengths == [100, 100, 100] and inp.max_seq_len == 100
+
+
+def test_ragged_lengths_are_seeded_draws_in_query_len_to_context():
+    shape = Shape(batch=64, heads=16, context=300, dtype="bf16", page_size=16, lengths="ragged")
+    lengths = bench_inputs.request_lengths(shape, seed=7)
+    assert len(lengths) == 64 and all(1 <= n <= 300 for n in lengths)
+    assert len(set(lengths)) > 32  # drawn, not one value
+    assert lengths == bench_inputs.request_lengths(shape, seed=7)  # the seed decides them
+    assert lengths != bench_inputs.request_lengths(shape, seed=8)
+    rng = random.Random(7)
+    assert lengths[:2] == [rng.randint(1, 300), rng.randint(1, 300)]  # random.Random(seed), uniform
+    # a batch's first lengths do not depend on its size (B8 is B32's first eight)
+    assert bench_inputs.request_lengths(Shape(8, 16, 300, "bf16", 16, lengths="ragged"), 7) == lengths[:8]
+
+
+def test_ragged_lengths_cover_the_range_roughly_uniformly():
+    shape = Shape(batch=4000, heads=16, context=1000, dtype="bf16", lengths="ragged")
+    lengths = bench_inputs.request_lengths(shape, seed=0)
+    assert min(lengths) < 20 and max(lengths) > 980
+    assert abs(sum(lengths) / len(lengths) - 500.5) < 20
+
+
+def test_ragged_multi_token_requests_hold_their_query_tokens():
+    shape = Shape(batch=500, heads=16, context=12, dtype="bf16", page_size=16, query_len=8, lengths="ragged")
+    lengths = bench_inputs.request_lengths(shape, seed=1)
+    assert min(lengths) == 8 and max(lengths) == 12  # causal rows need seq_len >= query_len
+
+
+def test_ragged_inputs_carry_the_drawn_lengths_and_the_same_tensors_otherwise():
+    uniform = Shape(batch=4, heads=16, context=200, dtype="fp8", page_size=16)
+    ragged = Shape(batch=4, heads=16, context=200, dtype="fp8", page_size=16, lengths="ragged")
+    a = bench_inputs.make_inputs(uniform, "cpu", seed=2)
+    b = bench_inputs.make_inputs(ragged, "cpu", seed=2)
+    assert b.seq_lens.tolist() == b.lengths == bench_inputs.request_lengths(ragged, seed=2)
+    assert b.seq_lens.dtype == torch.int32 and b.max_seq_len == max(b.lengths)
+    assert torch.equal(a.q, b.q) and torch.equal(a.kv_cache.view(torch.uint8), b.kv_cache.view(torch.uint8))
+    assert torch.equal(a.block_table, b.block_table)  # every request keeps the pages of the full context

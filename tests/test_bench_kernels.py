@@ -1,11 +1,10 @@
 """How the bench loads and calls the contenders, checked on the CPU with fakes."""
 
+import ast
 import importlib.util
+import inspect
 import os
-import shutil
-import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -16,8 +15,6 @@ import bench_fakes  # noqa: E402
 from mla_plugin.bench import kernels as bench_kernels  # noqa: E402
 from mla_plugin.bench.grid import Shape  # noqa: E402
 from mla_plugin.bench.inputs import make_inputs  # noqa: E402
-
-SHARED_TOOL = Path(__file__).resolve().parents[1].parent / "shared" / "tools" / "fetch-triton-mla"
 
 
 @pytest.mark.parametrize("max_seq_len,sm_count,expected", [
@@ -102,6 +99,69 @@ def test_ours_is_called_with_the_op_contract():
     assert torch.isfinite(prepared.out.float()).all()
 
 
+def test_ours_gets_the_planning_hint_it_is_given():
+    calls = []
+    inputs = make_inputs(Shape(batch=2, heads=16, context=100, dtype="bf16", page_size=32), "cpu")
+    prepared = bench_kernels.prepare_ours(bench_fakes.make_ours(calls=calls), inputs, max_seq_len=131072)
+    prepared.run()
+    assert calls[0]["max_seq_len"] == 131072  # graph mode: planned for max_model_len
+    assert prepared.plan == {"max_seq_len": 131072}
+
+
+def test_ragged_eager_hint_is_the_longest_request():
+    calls = []
+    shape = Shape(batch=8, heads=16, context=3000, dtype="bf16", page_size=64, lengths="ragged")
+    inputs = make_inputs(shape, "cpu", seed=3)
+    assert inputs.max_seq_len < 3000  # the draw leaves room: the hint must not be the context
+    bench_kernels.prepare_ours(bench_fakes.make_ours(calls=calls), inputs).run()
+    assert calls[0]["max_seq_len"] == max(inputs.lengths)
+    triton_calls = []
+    prepared = bench_kernels.prepare_triton(bench_fakes.make_triton(calls=triton_calls), inputs, sm_count=132)
+    prepared.run()
+    splits = bench_kernels.num_kv_splits(max(inputs.lengths), 132)
+    assert triton_calls[0]["num_kv_splits"] == splits and prepared.plan["num_kv_splits"] == splits
+    assert triton_calls[0]["b_seq_len"].tolist() == inputs.lengths
+
+
+def test_triton_in_graph_mode_plans_splits_and_logits_for_max_model_len():
+    calls = []
+    inputs = make_inputs(Shape(batch=2, heads=16, context=4096, dtype="bf16", page_size=64), "cpu")
+    prepared = bench_kernels.prepare_triton(bench_fakes.make_triton(calls=calls), inputs, sm_count=132,
+                                            max_seq_len=131072)
+    prepared.run()
+    (c,) = calls
+    assert c["num_kv_splits"] == 256  # min(next_pow2(131072 // 512), 2 * 132), as vLLM captures it
+    assert c["attn_logits"].shape == (2, 16, 256, 513)
+    assert c["b_seq_len"].tolist() == [4096, 4096]  # replayed on the real lengths
+    assert prepared.plan == {"max_seq_len": 131072, "num_kv_splits": 256}
+    torch.testing.assert_close(prepared.out.float(), bench_fakes.reference(
+        inputs.q, inputs.kv_cache, inputs.block_table, inputs.seq_lens,
+        softmax_scale=inputs.softmax_scale)[0], atol=2e-2, rtol=0)
+
+
+def test_ours_runs_with_the_residency_environment_only_inside_each_call(monkeypatch):
+    monkeypatch.delenv("MLA_PLUGIN_SM12X_RESIDENCY", raising=False)
+    seen = []
+
+    def mla_decode(*args, **kwargs):
+        seen.append(os.environ.get("MLA_PLUGIN_SM12X_RESIDENCY"))
+        return bench_fakes.make_ours()(*args, **kwargs)
+
+    inputs = make_inputs(Shape(batch=1, heads=16, context=64, dtype="bf16", page_size=16), "cpu")
+    prepared = bench_kernels.prepare_ours(mla_decode, inputs, environment={"MLA_PLUGIN_SM12X_RESIDENCY": "1"})
+    assert "MLA_PLUGIN_SM12X_RESIDENCY" not in os.environ
+    prepared.run()
+    assert seen == ["1"] and "MLA_PLUGIN_SM12X_RESIDENCY" not in os.environ
+    assert prepared.plan["environment"] == {"MLA_PLUGIN_SM12X_RESIDENCY": "1"}
+
+
+def test_triton_workspace_follows_the_planning_hint():
+    shape = Shape(batch=128, heads=128, context=32768, dtype="bf16")
+    graph = bench_kernels.triton_workspace_bytes(shape, 132, max_seq_len=131072)
+    assert graph >= 128 * 128 * 256 * 513 * 4  # 256 splits at 131072
+    assert graph > 3.9 * bench_kernels.triton_workspace_bytes(shape, 132)  # vs 64 at 32k
+
+
 def test_triton_workspace_bytes():
     shape = Shape(batch=128, heads=128, context=32768, dtype="bf16")
     logits = 128 * 128 * 64 * 513 * 4  # 64 splits at 32k
@@ -159,21 +219,63 @@ def test_triton_module_from_another_folder_is_refused(tmp_path, clean_import_sta
         bench_kernels.load_triton_mla(str(tmp_path / "b"), prefer_vllm=False)
 
 
-@pytest.mark.skipif(not SHARED_TOOL.exists(), reason="shared/tools/fetch-triton-mla is not beside the repo")
-@pytest.mark.skipif(importlib.util.find_spec("vllm") is None or importlib.util.find_spec("triton") is None,
-                    reason="needs vLLM's kernel file (from an installed vLLM) and triton")
-@pytest.mark.skipif(shutil.which("unzip") is None, reason="fetch-triton-mla needs unzip")
-def test_fetch_triton_mla_folder_imports_the_real_kernel(tmp_path, clean_import_state):
-    # Give the tool a wheel in its cache (made from the installed vLLM's file), so it runs offline.
+# What ../shared/tools/fetch-triton-mla writes (the tool lives outside this repository, so the
+# test lays the same folder out itself): vLLM's kernel file, unchanged, beside a two-module
+# `vllm` shim that answers the only two imports the file makes.
+SHIM_PLATFORMS = """class _Platform:
+    @staticmethod
+    def is_rocm():
+        return False
+
+
+current_platform = _Platform()
+"""
+SHIM_TRITON_UTILS = """import triton
+import triton.language as tl
+
+__all__ = ["triton", "tl"]
+"""
+
+
+def _vllm_kernel_file() -> Path:
+    # vLLM comes with the test extra (pyproject.toml): a missing one fails here, it does not skip.
     spec = importlib.util.find_spec("vllm")
-    kernel = Path(spec.origin).parent / "v1" / "attention" / "ops" / "triton_decode_attention.py"
-    wheels = tmp_path / "cache" / "mla_plugin" / "wheels"
-    wheels.mkdir(parents=True)
-    with zipfile.ZipFile(wheels / "vllm-0.33.0-cp38-abi3-linux_x86_64.whl", "w") as whl:
-        whl.write(kernel, "vllm/v1/attention/ops/triton_decode_attention.py")
+    assert spec is not None, "vLLM is not installed: pip install -e '.[test]'"
+    return Path(spec.origin).parent / "v1" / "attention" / "ops" / "triton_decode_attention.py"
+
+
+def _write_fetched_folder(dest: Path, kernel_source: str) -> None:
+    (dest / "vllm" / "platforms").mkdir(parents=True)
+    (dest / "vllm" / "triton_utils").mkdir(parents=True)
+    (dest / "triton_decode_attention.py").write_text(kernel_source)
+    (dest / "vllm" / "__init__.py").write_text("")
+    (dest / "vllm" / "platforms" / "__init__.py").write_text(SHIM_PLATFORMS)
+    (dest / "vllm" / "triton_utils" / "__init__.py").write_text(SHIM_TRITON_UTILS)
+
+
+def test_the_real_kernel_file_needs_only_the_two_shim_modules():
+    tree = ast.parse(_vllm_kernel_file().read_text())
+    vllm_imports = {node.module for node in ast.walk(tree)
+                    if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "vllm"}
+    vllm_imports |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+                     for alias in node.names if alias.name.split(".")[0] == "vllm"}
+    assert vllm_imports == {"vllm.platforms", "vllm.triton_utils"}
+    uses = {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name) and node.value.id == "current_platform"}
+    assert uses <= {"is_rocm"}  # all the platform shim answers
+
+
+def test_fetched_folder_imports_the_real_kernel_through_the_shim(tmp_path, clean_import_state):
     dest = tmp_path / "peers" / "triton_mla"
-    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"), VLLM_VERSION="0.33.0")
-    subprocess.run(["bash", str(SHARED_TOOL), str(dest)], check=True, env=env, capture_output=True)
+    _write_fetched_folder(dest, _vllm_kernel_file().read_text())
     fn, source = bench_kernels.load_triton_mla(str(dest), prefer_vllm=False)
     assert fn.__name__ == "decode_attention_fwd" and fn.__module__ == "triton_decode_attention"
     assert str(dest) in source
+    module = sys.modules["triton_decode_attention"]
+    assert Path(module.__file__).parent == dest  # the folder's copy, not the installed vLLM's
+    assert Path(sys.modules["vllm"].__file__).parent == dest / "vllm"  # and the shim, not vLLM
+    assert module.is_hip_ is False
+    params = list(inspect.signature(fn).parameters)
+    assert params[:11] == ["q", "k_buffer", "v_buffer", "o", "lse", "req_to_token", "b_seq_len", "attn_logits",
+                           "num_kv_splits", "sm_scale", "page_size"]  # as prepare_triton calls it
+    assert {"k_scale", "v_scale", "is_mla"} <= set(params)

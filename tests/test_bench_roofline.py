@@ -102,3 +102,45 @@ def test_median_of_even_and_odd_counts():
     assert rl.median([5.0, 1.0, 3.0]) == 3.0
     assert rl.median([4.0, 1.0, 2.0, 3.0]) == 2.5
     assert not math.isnan(rl.median([1.0]))
+
+
+def test_ragged_lengths_count_each_request_at_its_own_length():
+    shape = Shape(batch=3, heads=16, context=4096, dtype="bf16", lengths="ragged")
+    lengths = [100, 4096, 7]
+    assert rl.decode_flops(shape, seq_lens=lengths) == 16 * (100 + 4096 + 7) * 2176
+    assert rl.decode_bytes(shape, lengths) == (100 + 4096 + 7) * 576 * 2 + 3 * 16 * (576 + 512) * 2
+    fp8 = Shape(batch=3, heads=16, context=4096, dtype="fp8", lengths="ragged")
+    assert rl.decode_bytes(fp8, lengths) == (100 + 4096 + 7) * 576 + 3 * 16 * (576 + 512) * 2
+
+
+def test_ragged_multi_token_flops_are_causal_per_request():
+    shape = Shape(batch=2, heads=2, context=10, dtype="bf16", page_size=16, query_len=3)
+    assert rl.decode_flops(shape, seq_lens=[10, 4]) == 2 * ((8 + 9 + 10) + (2 + 3 + 4)) * 2176
+
+
+def test_uniform_counts_are_unchanged_by_passing_the_lengths():
+    for shape in (Shape(batch=4, heads=128, context=4096, dtype="bf16"),
+                  Shape(batch=2, heads=16, context=100, dtype="fp8", page_size=16, query_len=4)):
+        full = [shape.context] * shape.batch
+        assert rl.decode_flops(shape, seq_lens=full) == rl.decode_flops(shape)
+        assert rl.decode_bytes(shape, full) == rl.decode_bytes(shape)
+        m1 = rl.kernel_metrics(shape, 50.0, 3000.0, 600.0)
+        m2 = rl.kernel_metrics(shape, 50.0, 3000.0, 600.0, seq_lens=full)
+        assert m1 == m2
+    # the uniform numbers themselves, as before the generalisation
+    assert rl.decode_bytes(Shape(batch=4, heads=128, context=4096, dtype="bf16")) == (
+        4 * 4096 * 576 * 2 + 4 * 128 * 576 * 2 + 4 * 128 * 512 * 2)
+
+
+def test_kernel_metrics_use_the_given_lengths():
+    shape = Shape(batch=2, heads=16, context=32768, dtype="bf16", lengths="ragged")
+    lengths = [32768, 1]
+    m = rl.kernel_metrics(shape, 10.0, copy_bw_gbs=3000.0, mma_peak_tflops=None, seq_lens=lengths)
+    assert m["gbs"] == pytest.approx(rl.decode_bytes(shape, lengths) / 10e-6 / 1e9)
+    assert rl.arithmetic_intensity(shape, lengths) == pytest.approx(
+        rl.decode_flops(shape, seq_lens=lengths) / rl.decode_bytes(shape, lengths))
+
+
+def test_wrong_number_of_lengths_is_refused():
+    with pytest.raises(ValueError, match="3 seq_lens for a batch of 2"):
+        rl.decode_bytes(Shape(batch=2, heads=16, context=64, dtype="bf16"), [1, 2, 3])

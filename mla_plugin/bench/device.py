@@ -37,6 +37,7 @@ def release_cached_memory() -> None:
 
 def describe_device(device: torch.device) -> dict:
     props = torch.cuda.get_device_properties(device)
+    smem_per_sm = getattr(props, "shared_memory_per_multiprocessor", None)
     try:
         import triton
         triton_version = triton.__version__
@@ -49,11 +50,26 @@ def describe_device(device: torch.device) -> dict:
         "sm_count": props.multi_processor_count,
         "l2_bytes": getattr(props, "L2_cache_size", None),
         "memory_bytes": props.total_memory,
+        "smem_per_sm": smem_per_sm,
+        "driver": _driver_version(),
         "torch": torch.__version__,
         "torch_cuda": torch.version.cuda,
         "triton": triton_version,
         "python": platform.python_version(),
     }
+
+
+def _driver_version(path: str = "/proc/driver/nvidia/version") -> str | None:
+    """The NVIDIA driver's version (for the run's record), or None where it can't be read."""
+    try:
+        with open(path) as f:
+            first = f.readline()
+    except OSError:
+        return None
+    for word in first.split():
+        if word.count(".") >= 1 and word.replace(".", "").isdigit():
+            return word
+    return None
 
 
 class L2Flusher:
@@ -101,6 +117,27 @@ def time_us_graph(fn, *, reps: int, warmup: int, flush) -> list[float]:
     graph.replay()
     torch.cuda.synchronize()
     return time_us(graph.replay, reps=reps, warmup=1, flush=flush)
+
+
+def profile_kernel_events(fn, *, replays: int, flush) -> list:
+    """The profiler events of `replays` CUDA-graph replays of fn, flush() before each (as
+    when timed). The graph is captured inside the profiling session, as a profiler that
+    first attaches after a capture may miss that graph's kernels. For
+    kernel_times.breakdown; call it after the timing, never during."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()  # warm: the graph must not capture a first call's compilation or allocations
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            fn()
+        torch.cuda.synchronize()
+        for _ in range(replays):
+            flush()
+            graph.replay()
+        torch.cuda.synchronize()
+    return list(prof.events())
 
 
 def measure_copy_bandwidth(device: torch.device, nbytes: int = COPY_BUFFER_BYTES, reps: int = 30) -> dict:

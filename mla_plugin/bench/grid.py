@@ -2,7 +2,9 @@
 
 A shape is one decode step: `batch` requests, each at `context` tokens (including the
 `query_len` new ones), `heads` query heads, a paged KV cache of `dtype` with `page_size`
-tokens per page.
+tokens per page. With `lengths="ragged"` the requests' lengths are drawn in
+[query_len, context] instead (bench/inputs.py request_lengths): `context` is then the
+longest a request may be, and the cache still holds `context` tokens of pages per request.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ DEFAULT_HEADS = (16, 32, 64, 128)
 DEFAULT_CONTEXTS = (1024, 4096, 16384, 32768)
 DEFAULT_DTYPES = ("bf16", "fp8")
 DEFAULT_PAGE_SIZE = 64
+LENGTHS = ("uniform", "ragged")  # every request at the full context, or drawn in [query_len, context]
+DEFAULT_LENGTHS = "uniform"
 
 # --quick: a smoke run that still covers both regimes (memory-bound 16 heads,
 # compute-heavy 128 heads), a split-KV-starved batch of 1, and both dtypes.
@@ -38,6 +42,7 @@ class Shape:
     dtype: str  # "bf16" or "fp8": the KV cache dtype (q is bf16 in both)
     page_size: int = DEFAULT_PAGE_SIZE
     query_len: int = 1
+    lengths: str = DEFAULT_LENGTHS  # "uniform" or "ragged"
 
     @property
     def rows(self) -> int:
@@ -51,7 +56,8 @@ class Shape:
     @property
     def label(self) -> str:
         qlen = f" q{self.query_len}" if self.query_len != 1 else ""
-        return f"B{self.batch} H{self.heads} {format_tokens(self.context)} {self.dtype}{qlen}"
+        ragged = " ragged" if self.lengths == "ragged" else ""
+        return f"B{self.batch} H{self.heads} {format_tokens(self.context)} {self.dtype}{qlen}{ragged}"
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -119,10 +125,18 @@ def check_query_len(query_len: int) -> int:
     return query_len
 
 
-def build_grid(batches, heads, contexts, dtypes, *, page_size=DEFAULT_PAGE_SIZE, query_len=1) -> list[Shape]:
+def check_lengths(lengths: str) -> str:
+    if lengths not in LENGTHS:
+        raise ValueError(f"--lengths: {lengths!r} is not one of {', '.join(LENGTHS)}")
+    return lengths
+
+
+def build_grid(batches, heads, contexts, dtypes, *, page_size=DEFAULT_PAGE_SIZE, query_len=1,
+               lengths=DEFAULT_LENGTHS) -> list[Shape]:
     """Every combination, dtype outermost so that each dtype's shapes run together."""
     check_page_size(page_size)
     check_query_len(query_len)
+    check_lengths(lengths)
     for h in heads:
         if h > MAX_HEADS:
             raise ValueError(f"--heads: {h} is more than {MAX_HEADS}")
@@ -130,20 +144,21 @@ def build_grid(batches, heads, contexts, dtypes, *, page_size=DEFAULT_PAGE_SIZE,
         if c < query_len:
             raise ValueError(f"--context: {c} tokens is shorter than --query-len {query_len}")
     return [
-        Shape(batch=b, heads=h, context=c, dtype=d, page_size=page_size, query_len=query_len)
+        Shape(batch=b, heads=h, context=c, dtype=d, page_size=page_size, query_len=query_len, lengths=lengths)
         for d, c, h, b in itertools.product(dtypes, contexts, heads, batches)
     ]
 
 
 def grid_from_options(*, batch=None, heads=None, context=None, dtype=None, page_size=DEFAULT_PAGE_SIZE,
-                      query_len=1, quick=False) -> list[Shape]:
+                      query_len=1, quick=False, lengths=DEFAULT_LENGTHS) -> list[Shape]:
     """The grid the command line asks for: option strings (None = default), --quick
     replacing the defaults of the options that were not given."""
     batches = parse_int_list(batch, "--batch") if batch else (QUICK_BATCHES if quick else DEFAULT_BATCHES)
     head_counts = parse_int_list(heads, "--heads") if heads else (QUICK_HEADS if quick else DEFAULT_HEADS)
     contexts = parse_context_list(context) if context else (QUICK_CONTEXTS if quick else DEFAULT_CONTEXTS)
     dtypes = parse_dtype_list(dtype) if dtype else DEFAULT_DTYPES
-    return build_grid(batches, head_counts, contexts, dtypes, page_size=page_size, query_len=query_len)
+    return build_grid(batches, head_counts, contexts, dtypes, page_size=page_size, query_len=query_len,
+                      lengths=lengths)
 
 
 def _unique(values) -> list:

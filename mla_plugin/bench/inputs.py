@@ -10,14 +10,20 @@ Data, chosen to look like a real decode step and to make wrong answers visible:
   The logits then have a standard deviation of about 1.7: neither uniform attention
   (whose output is a near-zero mean that hides P errors) nor one-hot.
 - Block table: a random permutation of all pages, so no request's pages are contiguous.
-- Every request at the full context length (seq_len = context, which includes the
-  query_len new tokens).
+- Lengths (seq_len includes the query_len new tokens): "uniform", every request at the full
+  context; "ragged", each request's length drawn uniformly in [query_len, context] by a
+  generator seeded with the run's seed (request_lengths: plain Python, so the row's byte and
+  FLOP counts know the lengths before any tensor exists, and both contenders, both modes
+  and the reference see the very same ones). A causal request needs seq_len >= query_len,
+  hence the lower end (1 for the usual query_len 1). The cache holds `context` tokens of
+  pages per request either way.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import random
+from dataclasses import dataclass, field
 
 import torch
 
@@ -39,10 +45,27 @@ class DecodeInputs:
     seq_lens: torch.Tensor  # [batch] int32
     kv_scale: torch.Tensor | None  # [1] fp32 for FP8 (vLLM's layer._k_scale), else None
     softmax_scale: float
+    lengths: list[int] = field(default_factory=list)  # seq_lens on the host (no device read needed)
+
+    @property
+    def max_seq_len(self) -> int:
+        return max(self.lengths)
 
     @property
     def kv_scale_value(self) -> float:
         return float(self.kv_scale.item()) if self.kv_scale is not None else 1.0
+
+
+def request_lengths(shape: Shape, seed: int = 0) -> list[int]:
+    """Each request's seq_len: all `context` (uniform), or drawn uniformly in
+    [query_len, context] from random.Random(seed) (ragged; Python's generator gives the same
+    draws on every platform and version)."""
+    if shape.lengths == "uniform":
+        return [shape.context] * shape.batch
+    if shape.lengths == "ragged":
+        rng = random.Random(seed)
+        return [rng.randint(shape.query_len, shape.context) for _ in range(shape.batch)]
+    raise ValueError(f"unknown lengths {shape.lengths!r} (expected uniform or ragged)")
 
 
 def num_blocks(shape: Shape) -> int:
@@ -69,9 +92,10 @@ def make_inputs(shape: Shape, device, seed: int = 0) -> DecodeInputs:
     kv_cache = _random_cache(num_blocks(shape), shape.page_size, shape.dtype, device, generator)
     block_table = torch.randperm(num_blocks(shape), generator=generator, device=device)
     block_table = block_table.to(torch.int32).view(shape.batch, shape.pages_per_request)
-    seq_lens = torch.full((shape.batch,), shape.context, dtype=torch.int32, device=device)
+    lengths = request_lengths(shape, seed)
+    seq_lens = torch.tensor(lengths, dtype=torch.int32, device=device)
     return DecodeInputs(shape=shape, q=q, kv_cache=kv_cache, block_table=block_table, seq_lens=seq_lens,
-                        kv_scale=kv_scale, softmax_scale=SOFTMAX_SCALE)
+                        kv_scale=kv_scale, softmax_scale=SOFTMAX_SCALE, lengths=lengths)
 
 
 def _random_cache(blocks: int, page_size: int, dtype: str, device, generator) -> torch.Tensor:

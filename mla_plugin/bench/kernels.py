@@ -9,6 +9,10 @@ kv_c = cache[..., :512], k_scale = v_scale = a 1-element fp32 tensor, is_mla=Tru
 query_len > 1 the block table and per-row causal seq_lens expanded to one row per
 query token. forward_mqa's per-call allocations and that expansion are done once,
 outside the timed call: its time is the kernel's alone (as ours is, given out and lse).
+
+Both contenders plan from one host-side `max_seq_len` (bench/modes.py): ours receives it
+as the op's hint, TRITON_MLA's num_kv_splits (and its attn_logits) follow from it as in
+forward_mqa. Left out, it is the batch's own longest request (the eager case).
 """
 
 from __future__ import annotations
@@ -16,11 +20,12 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 
+from mla_plugin.bench import residency
 from mla_plugin.bench.grid import Shape
 from mla_plugin.bench.inputs import DecodeInputs
 from mla_plugin.bench.roofline import KV_DIM, V_DIM
@@ -45,6 +50,7 @@ class PreparedCall:
     run: Callable[[], None]
     out: torch.Tensor
     lse: torch.Tensor
+    plan: dict = field(default_factory=dict)  # what it was told: max_seq_len, num_kv_splits
 
     def poison_outputs(self) -> None:
         """Fill out and lse with NaN, so that a kernel that leaves rows unwritten fails the check."""
@@ -110,18 +116,23 @@ def num_kv_splits(max_seq_len: int, sm_count: int) -> int:
     return min(ideal, sm_count * _SPLIT_OCCUPANCY_MULTIPLIER)
 
 
-def triton_workspace_bytes(shape: Shape, sm_count: int) -> int:
-    """attn_logits [T, H, splits, 513] fp32, plus o and lse in bf16 and the row-expanded tables."""
-    splits = num_kv_splits(shape.context, sm_count)
+def triton_workspace_bytes(shape: Shape, sm_count: int, max_seq_len: int | None = None) -> int:
+    """attn_logits [T, H, splits, 513] fp32, plus o and lse in bf16 and the row-expanded tables;
+    splits planned from max_seq_len (default: the full context)."""
+    splits = num_kv_splits(max_seq_len or shape.context, sm_count)
     logits = shape.rows * shape.heads * splits * (V_DIM + 1) * 4
     o_lse = shape.rows * shape.heads * (V_DIM + 1) * 2
     tables = shape.rows * (shape.pages_per_request + 1) * 4 if shape.query_len > 1 else 0
     return logits + o_lse + tables
 
 
-def prepare_ours(mla_decode: Callable, inputs: DecodeInputs) -> PreparedCall:
+def prepare_ours(mla_decode: Callable, inputs: DecodeInputs, max_seq_len: int | None = None,
+                 environment: dict[str, str] | None = None) -> PreparedCall:
+    """Our op on the inputs, told max_seq_len (default: the batch's longest request); with
+    `environment`, each call runs with those variables set (--sm12x-residency)."""
     shape = inputs.shape
     q = inputs.q
+    hint = int(max_seq_len or inputs.max_seq_len)
     out = torch.empty(shape.rows, shape.heads, V_DIM, dtype=q.dtype, device=q.device)
     lse = torch.empty(shape.rows, shape.heads, dtype=torch.float32, device=q.device)
 
@@ -129,9 +140,12 @@ def prepare_ours(mla_decode: Callable, inputs: DecodeInputs) -> PreparedCall:
         mla_decode(q, inputs.kv_cache, inputs.block_table, inputs.seq_lens,
                    softmax_scale=inputs.softmax_scale, kv_scale=inputs.kv_scale,
                    query_len=shape.query_len, causal=True, out=out, lse=lse, return_lse=True,
-                   max_seq_len=shape.context)
+                   max_seq_len=hint)
 
-    return PreparedCall("ours", run, out, lse)
+    plan = {"max_seq_len": hint}
+    if environment:
+        plan["environment"] = dict(environment)
+    return PreparedCall("ours", residency.with_environment(run, environment), out, lse, plan)
 
 
 def per_row_tables(block_table: torch.Tensor, seq_lens: torch.Tensor, query_len: int):
@@ -145,13 +159,17 @@ def per_row_tables(block_table: torch.Tensor, seq_lens: torch.Tensor, query_len:
     return rows_table, rows_lens
 
 
-def prepare_triton(decode_attention_fwd: Callable, inputs: DecodeInputs, sm_count: int) -> PreparedCall:
+def prepare_triton(decode_attention_fwd: Callable, inputs: DecodeInputs, sm_count: int,
+                   max_seq_len: int | None = None) -> PreparedCall:
+    """TRITON_MLA on the inputs, its num_kv_splits from max_seq_len (attn_metadata.max_seq_len;
+    default: the batch's longest request)."""
     shape = inputs.shape
     q = inputs.q
     rows = q.shape[0]
+    hint = int(max_seq_len or inputs.max_seq_len)
     o = torch.zeros(rows, shape.heads, V_DIM, dtype=q.dtype, device=q.device)
     lse = torch.zeros(rows, shape.heads, dtype=q.dtype, device=q.device)
-    splits = num_kv_splits(shape.context, sm_count)  # attn_metadata.max_seq_len
+    splits = num_kv_splits(hint, sm_count)
     attn_logits = torch.empty(rows, shape.heads, splits, V_DIM + 1, dtype=torch.float32, device=q.device)
     kv = inputs.kv_cache.unsqueeze(2)
     kv_c = kv[..., :V_DIM]
@@ -166,7 +184,7 @@ def prepare_triton(decode_attention_fwd: Callable, inputs: DecodeInputs, sm_coun
         decode_attention_fwd(q, kv, kv_c, o, lse, block_table, seq_lens, attn_logits, splits,
                              inputs.softmax_scale, page_size, k_scale=scale, v_scale=scale, is_mla=True)
 
-    return PreparedCall("TRITON_MLA", run, o, lse)
+    return PreparedCall("TRITON_MLA", run, o, lse, {"max_seq_len": hint, "num_kv_splits": splits})
 
 
 def run_reference(mla_decode_reference: Callable, inputs: DecodeInputs):

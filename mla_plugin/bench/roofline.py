@@ -4,9 +4,11 @@ floors, and the summary statistics of the bench (pure Python).
 Counting (the same for every kernel, so that numbers compare):
 - FLOPs: every (query token, head) row does a 576-long dot product (Q.K) and a 512-long
   multiply-add (P.V) per KV token it attends, 2 * (576 + 512) = 2176 FLOP per token.
-- Bytes: each request's KV read once (context * 576 * element size; the heads share it),
+- Bytes: each request's KV read once (seq_len * 576 * element size; the heads share it),
   plus q read (bf16) and out written (bf16). Re-reads, split-KV scratch and the LSE are
   the kernel's own overhead and are not counted, so the percentages are of useful traffic.
+Both count each request at its own length, `seq_lens` (a ragged batch); without it every
+request is at the shape's full context.
 """
 
 from __future__ import annotations
@@ -31,13 +33,23 @@ def attended_tokens(context: int, query_len: int = 1, causal: bool = True) -> li
     return [context] * query_len
 
 
-def decode_flops(shape: Shape, causal: bool = True) -> int:
-    per_request = sum(attended_tokens(shape.context, shape.query_len, causal))
-    return shape.batch * shape.heads * per_request * FLOP_PER_ROW_TOKEN
+def per_request_lengths(shape: Shape, seq_lens=None) -> list[int]:
+    """seq_lens as a list (one per request), or every request at the full context."""
+    if seq_lens is None:
+        return [shape.context] * shape.batch
+    lengths = [int(n) for n in seq_lens]
+    if len(lengths) != shape.batch:
+        raise ValueError(f"{len(lengths)} seq_lens for a batch of {shape.batch}")
+    return lengths
 
 
-def decode_bytes(shape: Shape) -> int:
-    kv = shape.batch * shape.context * KV_DIM * KV_ELEMENT_BYTES[shape.dtype]
+def decode_flops(shape: Shape, causal: bool = True, seq_lens=None) -> int:
+    attended = sum(sum(attended_tokens(n, shape.query_len, causal)) for n in per_request_lengths(shape, seq_lens))
+    return shape.heads * attended * FLOP_PER_ROW_TOKEN
+
+
+def decode_bytes(shape: Shape, seq_lens=None) -> int:
+    kv = sum(per_request_lengths(shape, seq_lens)) * KV_DIM * KV_ELEMENT_BYTES[shape.dtype]
     q = shape.rows * shape.heads * KV_DIM * Q_ELEMENT_BYTES
     out = shape.rows * shape.heads * V_DIM * OUT_ELEMENT_BYTES
     return kv + q + out
@@ -58,15 +70,16 @@ def compute_floor_us(flops: int, peak_tflops: float | None) -> float | None:
     return flops / (peak_tflops * 1e12) * 1e6
 
 
-def kernel_metrics(shape: Shape, time_us: float, copy_bw_gbs: float, mma_peak_tflops: float | None) -> dict:
+def kernel_metrics(shape: Shape, time_us: float, copy_bw_gbs: float, mma_peak_tflops: float | None,
+                   seq_lens=None) -> dict:
     """Achieved rates of one timed kernel and how close they come to each floor.
 
     pct_roofline is the roofline time (the larger floor) over the measured time: 100
     means the kernel runs at the hardware's limit for this shape. Without an mma peak
     only the memory floor is known and the compute columns are None.
     """
-    flops = decode_flops(shape)
-    nbytes = decode_bytes(shape)
+    flops = decode_flops(shape, seq_lens=seq_lens)
+    nbytes = decode_bytes(shape, seq_lens)
     seconds = time_us * 1e-6
     gbs = nbytes / seconds / 1e9
     tflops = flops / seconds / 1e12
@@ -85,9 +98,9 @@ def kernel_metrics(shape: Shape, time_us: float, copy_bw_gbs: float, mma_peak_tf
     }
 
 
-def arithmetic_intensity(shape: Shape) -> float:
+def arithmetic_intensity(shape: Shape, seq_lens=None) -> float:
     """FLOP per byte of the counted traffic (compare with peak / bandwidth)."""
-    return decode_flops(shape) / decode_bytes(shape)
+    return decode_flops(shape, seq_lens=seq_lens) / decode_bytes(shape, seq_lens)
 
 
 def geomean(values) -> float | None:

@@ -57,6 +57,7 @@ def render_text(facts: Facts, verdict: Verdict) -> str:
         f"  nvcc         {nvcc_line}",
         f"  entry point  {entry_line}",
         f"  backend      {backend_line}",
+        f"  TRITON_MLA   {verdict.triton_mla}",
         f"  kernels      looked up in {kernels or ''}{_or(facts.cache_dir, 'the cache')}",
         f"GPUs: {len(verdict.gpus)} visible",
     ]
@@ -72,6 +73,8 @@ def render_text(facts: Facts, verdict: Verdict) -> str:
     lines += [f"BLOCKED {p.code}: {p.message}" for p in verdict.problems]
     if verdict.ok:
         lines.append(f"serve: {verdict.serve_command}")
+        if verdict.zero_flag_command:
+            lines.append(f"   or: {verdict.zero_flag_command}")
         lines.append("doctor: OK")
     else:
         lines.append(f"doctor: BLOCKED ({', '.join(p.code for p in verdict.problems)})")

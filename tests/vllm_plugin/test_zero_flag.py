@@ -181,3 +181,20 @@ def test_refusals_say_how_to_get_vllms_triton_mla_back(monkeypatch, tiny_model_c
     assert replaced.startswith(plain)
     assert ("in this process TRITON_MLA runs MLA_XQA_SM120, because MLA_PLUGIN_REPLACE_TRITON_MLA=1: "
             "unset MLA_PLUGIN_REPLACE_TRITON_MLA to get vLLM's own TRITON_MLA back") in replaced
+
+
+def test_doctor_reports_why_the_variable_was_not_applied(monkeypatch):
+    from mla_plugin.doctor import facts as doctor_facts
+    from mla_plugin.doctor import verdict as doctor_verdict
+
+    fake_nvml.install(monkeypatch, [H200])
+    monkeypatch.setenv(zero_flag.REPLACE_ENV, "1")
+    facts = doctor_facts.gather()
+    assert facts.replace_triton_mla == "1"
+    assert facts.triton_mla == VLLM_TRITON
+    assert facts.zero_flag["requested"] is True and facts.zero_flag["applied"] is False
+    reason = facts.zero_flag["reason"]
+    assert "not every visible GPU is SM 12.x (GPU 0 NVIDIA H200: 9.0)" in reason
+    verdict = doctor_verdict.diagnose(facts)
+    assert reason in verdict.warnings
+    assert verdict.triton_mla == f"-> {VLLM_TRITON} (vLLM's own); {reason}"

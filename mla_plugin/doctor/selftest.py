@@ -315,12 +315,16 @@ def _test_gpu(g, runner: Runner, report: dict, triton_state: dict, timed_models:
     return entry
 
 
-def _case_brief(result: dict) -> str:
+def _case_brief(result: dict, marked: bool = True) -> str:
+    """One case's numbers; `marked` says ERROR / WRONG in front (the progress line)."""
     if result["status"] == "error":
-        return f"ERROR {_first_line(result['error'])}"
+        first = _first_line(result["error"])
+        return f"ERROR {first}" if marked else first
     text = (f"max abs {_num(result.get('max_abs'))}, mean rel {_num(result.get('mean_rel'))}, "
             f"lse {_num(result.get('lse_max_abs'))}, NaN {result.get('nan_count')}")
-    return text if result["status"] == "pass" else f"WRONG ({'; '.join(result['problems'])}); {text}"
+    if result["status"] == "pass":
+        return text
+    return f"{'WRONG ' if marked else ''}({'; '.join(result['problems'])}); {text}"
 
 
 def _num(x) -> str:
@@ -402,7 +406,7 @@ def render_text(report: dict) -> list[str]:
                      + (f" ({kernel['detail']})" if kernel.get("detail") else ""))
         for c in e["cases"]:
             mark = {"pass": "ok   ", "wrong": "WRONG", "error": "ERROR"}[c["status"]]
-            lines.append(f"  {mark} {c['name']:<40} {_case_brief(c)}")
+            lines.append(f"  {mark} {c['name']:<40} {_case_brief(c, marked=False)}")
         t = e.get("timings") or {}
         if t.get("skipped"):
             lines.append(f"  timings: {t['skipped']}")

@@ -29,8 +29,8 @@ from vllm.v1.attention.backend import (
     max_decode_query_len,
 )
 
-from mla_plugin import geometry, ops, refusals
-from mla_plugin.registration import BACKEND_NAME
+from mla_plugin import geometry, ops, refusals, zero_flag
+from mla_plugin.registration import BACKEND_CLASS_PATH, BACKEND_NAME
 
 _FP8 = torch.float8_e4m3fn
 
@@ -122,7 +122,17 @@ class XqaMlaBackend(MLACommonBackend):
             "non-causal MLA attention with DCP not supported": refusals.non_causal_with_dcp(),
             "batch invariance not supported": refusals.batch_invariance(),
         }
-        return [explained.get(reason, reason) for reason in reasons]
+        reasons = [explained.get(reason, reason) for reason in reasons]
+        if reasons and _triton_mla_replaced():
+            reasons = [refusals.with_triton_mla_replaced(r) for r in reasons]
+        return reasons
+
+
+def _triton_mla_replaced() -> bool:
+    """Has MLA_PLUGIN_REPLACE_TRITON_MLA=1 pointed vLLM's TRITON_MLA at this backend?"""
+    from vllm.v1.attention.backends.registry import AttentionBackendEnum
+
+    return zero_flag.triton_mla_is(AttentionBackendEnum, BACKEND_CLASS_PATH)
 
 
 class XqaMlaImpl(MLACommonImpl[MLACommonMetadata]):
@@ -135,13 +145,18 @@ class XqaMlaImpl(MLACommonImpl[MLACommonMetadata]):
                  alibi_slopes: list[float] | None, sliding_window: int | None,
                  kv_cache_dtype: str, logits_soft_cap: float | None, attn_type: str,
                  kv_sharing_target_layer_name: str | None, **mla_args) -> None:
-        _refuse_unsupported(
-            head_size=head_size, alibi_slopes=alibi_slopes, sliding_window=sliding_window,
-            kv_cache_dtype=kv_cache_dtype, logits_soft_cap=logits_soft_cap,
-            attn_type=attn_type, kv_sharing_target_layer_name=kv_sharing_target_layer_name,
-            kv_lora_rank=mla_args.get("kv_lora_rank"),
-            qk_rope_head_dim=mla_args.get("qk_rope_head_dim"),
-        )
+        try:
+            _refuse_unsupported(
+                head_size=head_size, alibi_slopes=alibi_slopes, sliding_window=sliding_window,
+                kv_cache_dtype=kv_cache_dtype, logits_soft_cap=logits_soft_cap,
+                attn_type=attn_type, kv_sharing_target_layer_name=kv_sharing_target_layer_name,
+                kv_lora_rank=mla_args.get("kv_lora_rank"),
+                qk_rope_head_dim=mla_args.get("qk_rope_head_dim"),
+            )
+        except (NotImplementedError, ValueError) as exc:
+            if not _triton_mla_replaced():
+                raise
+            raise type(exc)(refusals.with_triton_mla_replaced(str(exc))) from exc
         super().__init__(num_heads, head_size, scale, num_kv_heads, alibi_slopes,
                          sliding_window, kv_cache_dtype, logits_soft_cap, attn_type,
                          kv_sharing_target_layer_name, **mla_args)

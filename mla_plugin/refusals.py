@@ -144,3 +144,12 @@ def query_len(value) -> str:
 
 def kv_sharing() -> str:
     return f"KV-cache sharing between layers not supported by {BACKEND}; {_OTHER_BACKEND}"
+
+
+def with_triton_mla_replaced(reason: str) -> str:
+    """A refusal while MLA_PLUGIN_REPLACE_TRITON_MLA=1 has pointed TRITON_MLA at this backend:
+    then "use TRITON_MLA" or "let vLLM choose" land here again, so say how to undo it."""
+    from mla_plugin.zero_flag import REPLACE_ENV
+
+    return (f"{reason} (in this process TRITON_MLA runs {BACKEND}, because {REPLACE_ENV}=1: "
+            f"unset {REPLACE_ENV} to get vLLM's own TRITON_MLA back)")

@@ -5,12 +5,17 @@ parser, in EngineArgs, in the engine core and in every worker, so it must be ide
 and cheap: it imports no torch and touches no CUDA (vLLM's registry module needs
 neither), and builds nothing. The backend module itself is only imported when vLLM
 resolves the class.
+
+With MLA_PLUGIN_REPLACE_TRITON_MLA=1 it also points vLLM's TRITON_MLA at the backend when
+every visible GPU is SM 12.x (mla_plugin.zero_flag: NVML, no CUDA context, once per process).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import logging
+
+from mla_plugin import zero_flag
 
 logger = logging.getLogger(__name__)
 
@@ -19,7 +24,9 @@ BACKEND_CLASS_PATH = "mla_plugin.backend.XqaMlaBackend"
 
 
 def register() -> None:
-    """Add ``AttentionBackendEnum.MLA_XQA_SM120`` -> ``mla_plugin.backend.XqaMlaBackend``.
+    """Add ``AttentionBackendEnum.MLA_XQA_SM120`` -> ``mla_plugin.backend.XqaMlaBackend``,
+    and with MLA_PLUGIN_REPLACE_TRITON_MLA=1 on an all-SM12x machine point ``TRITON_MLA`` at
+    the same class (mla_plugin.zero_flag).
 
     Safe to call any number of times. Without vLLM installed it does nothing (the op in
     mla_plugin.ops works without vLLM).
@@ -52,6 +59,11 @@ def register() -> None:
             f"{member.value!r}; uninstall the other plugin that registers it"
         )
     _pickle_by_name(member)
+    try:
+        zero_flag.apply(AttentionBackendEnum, register_backend, BACKEND_CLASS_PATH)
+    except Exception as exc:  # the opt-in must never stop the explicit backend from working
+        zero_flag.logger.warning("mla_plugin: %s=1 not applied: %s: %s", zero_flag.REPLACE_ENV,
+                                 type(exc).__name__, exc)
 
 
 def _pickle_by_name(member) -> None:

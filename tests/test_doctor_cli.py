@@ -71,3 +71,16 @@ def test_json_report_without_vllm_and_without_gpu(json_run):
     assert facts["entry_point"] == "mla_plugin:register"
     assert facts["cuda_visible_devices"] == ""
     assert "vllm modules imported: []" in json_run.stderr
+
+
+def test_run_without_a_gpu_says_so_and_exits_1(tmp_path):
+    report = tmp_path / "report.json"
+    run = _doctor_without_vllm("--run", "--json", str(report))
+    assert run.returncode == 1, run.stderr[-3000:]
+    lines = run.stdout.splitlines()
+    assert lines[-1] == "doctor --run: NOT RUN (no-gpu)"
+    assert lines[-2].startswith("self-test not run: no CUDA GPU visible (CUDA_VISIBLE_DEVICES='')")
+    data = json.loads(report.read_text())
+    assert data["self_test"]["status"] == "not-run" and data["self_test"]["exit_status"] == 1
+    assert [p["code"] for p in data["problems"]] == ["vllm-missing", "no-gpu"]
+    assert "vllm modules imported: []" in run.stderr

@@ -251,3 +251,74 @@ def test_main_exit_status(monkeypatch, capsys, facts, status, last):
     assert capsys.readouterr().out.rstrip().splitlines()[-1] == last
     assert doctor.main(argparse.Namespace(json=True)) == status
     assert json.loads(capsys.readouterr().out)["ok"] is (status == 0)
+
+
+# ---------------------------------------------------------------------------- zero flag
+VLLM_TRITON = "vllm.v1.attention.backends.mla.triton_mla.TritonMLABackend"
+
+
+def decision(value="1", requested=True, eligible=True, applied=True, reason="the reason"):
+    return {"value": value, "requested": requested, "eligible": eligible, "applied": applied,
+            "reason": reason, "gpus": []}
+
+
+def test_unset_variable_on_an_sm12x_machine_offers_the_no_flag_command():
+    facts = machine(rtx5090(0), rtx5090(1), triton_mla=VLLM_TRITON,
+                    zero_flag=decision(None, False, False, False, "not set"))
+    verdict = doctor_verdict.diagnose(facts)
+    assert verdict.triton_mla == (f"-> {VLLM_TRITON} (vLLM's own); MLA_PLUGIN_REPLACE_TRITON_MLA "
+                                  f"is not set; with MLA_PLUGIN_REPLACE_TRITON_MLA=1 vLLM picks "
+                                  f"MLA_XQA_SM120 here without --attention-backend (every visible "
+                                  f"GPU is SM 12.x)")
+    assert verdict.zero_flag_command == ("MLA_PLUGIN_REPLACE_TRITON_MLA=1 vllm serve <model> "
+                                         "--tensor-parallel-size 2")
+    lines = doctor.render_text(facts, verdict).splitlines()
+    assert f"  TRITON_MLA   {verdict.triton_mla}" in lines
+    assert lines[-3:] == [
+        "serve: vllm serve <model> --attention-backend MLA_XQA_SM120 --tensor-parallel-size 2",
+        "   or: MLA_PLUGIN_REPLACE_TRITON_MLA=1 vllm serve <model> --tensor-parallel-size 2",
+        "doctor: OK"]
+    assert verdict.warnings == []
+
+
+def test_applied_variable_shows_triton_mla_as_ours():
+    facts = machine(gb10(), triton_mla="mla_plugin.backend.XqaMlaBackend",
+                    zero_flag=decision(reason="MLA_PLUGIN_REPLACE_TRITON_MLA=1 and every visible "
+                                              "GPU is SM 12.x (GPU 0 NVIDIA GB10: 12.1): ..."))
+    verdict = doctor_verdict.diagnose(facts)
+    assert verdict.triton_mla.startswith("-> mla_plugin.backend.XqaMlaBackend (MLA_XQA_SM120); "
+                                         "MLA_PLUGIN_REPLACE_TRITON_MLA=1 and every visible GPU")
+    assert verdict.warnings == [] and verdict.ok
+
+
+def test_requested_but_refused_is_a_warning_with_the_reason():
+    reason = ("MLA_PLUGIN_REPLACE_TRITON_MLA=1, but not every visible GPU is SM 12.x (GPU 0 "
+              "NVIDIA H100 80GB HBM3: 9.0): TRITON_MLA left as vLLM's own")
+    facts = machine(h100(), allow_sm90=True, triton_mla=VLLM_TRITON,
+                    zero_flag=decision(eligible=False, applied=False, reason=reason))
+    verdict = doctor_verdict.diagnose(facts)
+    assert reason in verdict.warnings
+    assert verdict.triton_mla == f"-> {VLLM_TRITON} (vLLM's own); {reason}"
+    assert verdict.zero_flag_command is None  # Hopper never gets it
+
+
+def test_a_value_other_than_1_is_a_warning():
+    facts = machine(rtx5090(), triton_mla=VLLM_TRITON,
+                    zero_flag=decision("yes", False, False, False, "'yes' is neither 1 nor 0"))
+    assert "'yes' is neither 1 nor 0" in doctor_verdict.diagnose(facts).warnings
+
+
+def test_mixed_machine_gets_no_no_flag_command():
+    facts = machine(a100(0), rtx5090(1), triton_mla=VLLM_TRITON,
+                    zero_flag=decision(None, False, False, False, "not set"))
+    verdict = doctor_verdict.diagnose(facts)
+    assert verdict.ok and verdict.zero_flag_command is None
+    assert verdict.triton_mla.endswith("MLA_PLUGIN_REPLACE_TRITON_MLA is not set")
+
+
+def test_without_vllm_triton_mla_is_not_checked():
+    facts = machine(rtx5090(), vllm=None, vllm_error="x", backend=None,
+                    zero_flag=decision(applied=False, reason="MLA_PLUGIN_REPLACE_TRITON_MLA=1 and ..."))
+    verdict = doctor_verdict.diagnose(facts)
+    assert verdict.triton_mla.startswith("not checked (no vLLM); MLA_PLUGIN_REPLACE_TRITON_MLA=1")
+    assert codes(verdict) == ["vllm-missing"] and verdict.warnings == []

@@ -49,6 +49,9 @@ class Facts:
     entry_point: str | None = None  # the installed entry point's value, e.g. mla_plugin:register
     backend: str | None = None  # the class MLA_XQA_SM120 resolves to in vLLM
     backend_error: str | None = None
+    triton_mla: str | None = None  # the class TRITON_MLA resolves to in vLLM, plugins loaded
+    replace_triton_mla: str | None = None  # $MLA_PLUGIN_REPLACE_TRITON_MLA as set
+    zero_flag: dict | None = None  # zero_flag.Decision.to_dict(): what register() decided
     allow_sm90: bool = False
     prebuilt_dir: str | None = None  # $MLA_PLUGIN_PREBUILT_DIR
     cache_dir: str | None = None
@@ -181,6 +184,10 @@ def probe_backend(facts: Facts) -> None:
     except Exception as exc:
         facts.backend_error = f"vLLM's plugin loading failed: {_error(exc)}"
         return
+    try:
+        facts.triton_mla = AttentionBackendEnum.TRITON_MLA.get_path()
+    except Exception as exc:
+        facts.triton_mla = f"unresolved ({_error(exc)})"
     member = AttentionBackendEnum.__members__.get(BACKEND_NAME)
     if member is None:
         plugins = os.environ.get("VLLM_PLUGINS")
@@ -200,6 +207,21 @@ def probe_backend(facts: Facts) -> None:
     facts.backend = member.value
 
 
+def probe_zero_flag(facts: Facts) -> None:
+    """MLA_PLUGIN_REPLACE_TRITON_MLA and what register() made of it in this process (with
+    vLLM, probe_backend's plugin loading ran register(); without, the decision alone: NVML,
+    asked only when the variable is 1)."""
+    from mla_plugin import zero_flag
+
+    facts.replace_triton_mla = os.environ.get(zero_flag.REPLACE_ENV)
+    try:
+        facts.zero_flag = zero_flag.decision().to_dict()
+    except Exception as exc:  # never expected: decide() catches NVML's failures itself
+        facts.zero_flag = {"value": facts.replace_triton_mla, "requested": False,
+                           "eligible": False, "applied": False, "gpus": [],
+                           "reason": f"the decision failed: {_error(exc)}"}
+
+
 def gather() -> Facts:
     from mla_plugin import refusals
 
@@ -208,6 +230,7 @@ def gather() -> Facts:
     probe_vllm(facts)
     probe_entry_point(facts)
     probe_backend(facts)  # before the GPU probe: it must not need CUDA
+    probe_zero_flag(facts)
     probe_toolkit(facts)
     probe_builds(facts)
     probe_gpus(facts)

@@ -15,6 +15,9 @@ from mla_plugin.doctor.facts import (ENTRY_POINT_GROUP, ENTRY_POINT_NAME, ENTRY_
                                      Facts, GpuFacts)
 from mla_plugin.build import SMEM_LIMIT_BYTES, SUPPORTED_ARCHS
 from mla_plugin.refusals import ALLOW_SM90_ENV, BACKEND, capability_served
+from mla_plugin.zero_flag import REPLACE_ENV
+
+OUR_CLASS = "mla_plugin.backend.XqaMlaBackend"
 
 SUPPORTED_VLLM = "0.33.0"
 REQUIRED_SMEM_OPTIN = SMEM_LIMIT_BYTES  # shared memory per block the kernel is sized for (99 KiB)
@@ -45,6 +48,10 @@ class Verdict:
     problems: list[Problem] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     serve_command: str | None = None
+    # What TRITON_MLA resolves to and why (MLA_PLUGIN_REPLACE_TRITON_MLA), one line.
+    triton_mla: str = ""
+    # The no-flag way to serve, when every visible GPU is SM 12.x: None otherwise.
+    zero_flag_command: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -186,11 +193,66 @@ def serve_command(facts: Facts, gpus: list[GpuVerdict]) -> str:
     return " ".join(command)
 
 
+# ------------------------------------------------------------------ zero-flag serving
+def all_sm12x(gpus: list[GpuVerdict]) -> bool:
+    return bool(gpus) and all(g.capability.startswith("12.") for g in gpus)
+
+
+def triton_mla_line(facts: Facts, gpus: list[GpuVerdict]) -> str:
+    """What TRITON_MLA resolves to and why, from the facts and register()'s decision."""
+    decision = facts.zero_flag or {}
+    if facts.vllm is None:
+        where = "not checked (no vLLM)"
+    elif facts.triton_mla == OUR_CLASS:
+        where = f"-> {OUR_CLASS} ({BACKEND})"
+    elif facts.triton_mla:
+        where = f"-> {facts.triton_mla} (vLLM's own)"
+    else:
+        where = "unresolved"
+    if decision.get("applied") or decision.get("requested"):
+        why = decision.get("reason", "")
+    elif decision.get("value") not in (None, "", "0"):
+        why = decision.get("reason", "")
+    elif all_sm12x(gpus):
+        why = (f"{REPLACE_ENV} is not set; with {REPLACE_ENV}=1 vLLM picks {BACKEND} here "
+               f"without --attention-backend (every visible GPU is SM 12.x)")
+    else:
+        why = f"{REPLACE_ENV} is not set"
+    return f"{where}; {why}" if why else where
+
+
+def _zero_flag_warnings(facts: Facts) -> list[str]:
+    decision = facts.zero_flag or {}
+    requested = decision.get("requested")
+    if decision.get("value") not in (None, "", "0") and not requested:
+        return [decision.get("reason", "")]
+    if requested and not decision.get("applied"):
+        if facts.vllm is None:
+            return []  # nothing to override; vllm-missing says what blocks
+        return [decision.get("reason", "")]
+    if decision.get("applied") and facts.triton_mla != OUR_CLASS:
+        return [f"{REPLACE_ENV}=1 was applied, but TRITON_MLA resolves to {facts.triton_mla}"]
+    return []
+
+
+def zero_flag_command(facts: Facts, gpus: list[GpuVerdict]) -> str | None:
+    """`vllm serve` without --attention-backend, when the variable would apply: every visible
+    GPU SM 12.x (the variable never makes Hopper pick the backend)."""
+    if not all_sm12x(gpus) or not all(g.served for g in gpus):
+        return None
+    command = serve_command(facts, gpus).split()
+    at = command.index("--attention-backend")
+    del command[at:at + 2]
+    return " ".join([f"{REPLACE_ENV}=1"] + command)
+
+
 def diagnose(facts: Facts) -> Verdict:
     gpus = [judge_gpu(g, facts) for g in facts.gpus]
     verdict = Verdict(gpus=gpus)
     verdict.problems = _software_problems(facts) + _gpu_problems(facts, gpus)
-    verdict.warnings = _warnings(facts, gpus)
+    verdict.warnings = _warnings(facts, gpus) + _zero_flag_warnings(facts)
+    verdict.triton_mla = triton_mla_line(facts, gpus)
     if verdict.ok:
         verdict.serve_command = serve_command(facts, gpus)
+        verdict.zero_flag_command = zero_flag_command(facts, gpus)
     return verdict

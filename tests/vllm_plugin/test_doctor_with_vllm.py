@@ -78,3 +78,47 @@ def test_vllm_plugins_without_ours_is_named():
     assert [p["code"] for p in data["problems"]] == ["backend-unresolved", "no-gpu"]
     message = data["problems"][0]["message"]
     assert "VLLM_PLUGINS='lora_filesystem_resolver' must include mla_xqa_sm120" in message
+
+
+# doctor with MLA_PLUGIN_REPLACE_TRITON_MLA and GPUs made up at the NVML boundary (torch still
+# finds none here, so serving stays BLOCKED no-gpu; the zero-flag facts are NVML's).
+WITH_FAKE_NVML = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {here!r})
+    import fake_nvml
+    fake_nvml.install_from_env()
+    from mla_plugin.__main__ import main
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+def _doctor_with_fake_nvml(gpus, **env_changes):
+    from pathlib import Path
+
+    from . import fake_nvml
+
+    here = Path(__file__).resolve().parent
+    env = dict(os.environ, **env_changes)
+    env[fake_nvml.ENV] = fake_nvml.as_env(gpus)
+    env["PYTHONPATH"] = str(here.parents[1])
+    for name in ("VLLM_TARGET_DEVICE", "MLA_PLUGIN_PREBUILT_DIR", "CUDA_VISIBLE_DEVICES"):
+        env.pop(name, None)
+    env.update(env_changes)
+    return subprocess.run([sys.executable, "-c", WITH_FAKE_NVML.format(here=str(here)), "doctor",
+                           "--json"], capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_doctor_reports_the_applied_variable():
+    from . import fake_nvml
+
+    run = _doctor_with_fake_nvml([fake_nvml.RTX_PRO_6000], MLA_PLUGIN_REPLACE_TRITON_MLA="1")
+    data = json.loads(run.stdout)
+    facts = data["facts"]
+    assert facts["replace_triton_mla"] == "1"
+    assert facts["zero_flag"]["applied"] is True
+    assert facts["zero_flag"]["gpus"] == [{"index": 0, "name": fake_nvml.RTX_PRO_6000[0],
+                                           "capability": [12, 0]}]
+    assert facts["triton_mla"] == "mla_plugin.backend.XqaMlaBackend"
+    assert data["triton_mla"].startswith(
+        "-> mla_plugin.backend.XqaMlaBackend (MLA_XQA_SM120); MLA_PLUGIN_REPLACE_TRITON_MLA=1 and "
+        "every visible GPU is SM 12.x")

@@ -53,7 +53,8 @@ def test_timed_shapes_are_the_three_named_ones_in_both_dtypes():
 
 def test_tolerances_are_the_stated_constants():
     assert (selftest.BF16_MAX_ABS, selftest.BF16_MEAN_REL) == (2e-2, 1e-2)
-    assert (selftest.FP8_MAX_ABS, selftest.FP8_MEAN_REL) == (3e-2, 2e-2)
+    assert (selftest.FP8_MAX_ABS, selftest.FP8_MEAN_REL) == (2e-2, 1e-2)
+    assert (selftest.FP8_E4M3_MAX_ABS, selftest.FP8_E4M3_MEAN_REL) == (3e-2, 2e-2)
     assert selftest.TOLERANCES["bf16"].max_abs == selftest.BF16_MAX_ABS
     assert selftest.TOLERANCES["fp8"].mean_rel == selftest.FP8_MEAN_REL
 
@@ -99,10 +100,10 @@ def test_kernel_q_emulation_is_a_power_of_two_scale():
 
 
 # ------------------------------------------------------------- measures, with CPU "kernels"
-def kernel_like(q, kv_cache, block_table, seq_lens, **kw):
-    """What a right kernel computes: the op contract's q rounding for an fp8 cache, then the
-    fp32 reference, written in bf16."""
-    if kv_cache.dtype == torch.float8_e4m3fn:
+def kernel_like(q, kv_cache, block_table, seq_lens, *, round_q=False, **kw):
+    """What a right kernel computes under the default math: the fp32 reference, written in
+    bf16 (round_q: q rounded to e4m3 first, as the e4m3 opt-in does)."""
+    if round_q:
         q = doctor_cases.emulate_kernel_q(q)
     kw.pop("return_lse"), kw.pop("max_seq_len")
     out, lse = mla_decode_reference(q, kv_cache, block_table, seq_lens, **kw)
@@ -162,13 +163,19 @@ def test_a_padding_row_that_is_not_zero_is_caught():
     assert "a row that sees no token (seq_len 0) is not zeros with lse -inf" in problems
 
 
-def test_an_fp8_kernel_without_the_contracts_q_rounding_misses_the_tolerance():
-    # The fp8 tolerance is tight enough to see q left unrounded (~4% relative): it measures
-    # the kernel's own rounding, not a loose envelope.
-    from mla_plugin.ops import mla_decode
-
-    errors, problems = check(CASES[6], mla_decode)
+def test_an_fp8_kernel_that_rounds_q_to_e4m3_misses_the_default_tolerance():
+    # The default fp8 tolerance is tight enough to see q rounded to e4m3 (~4% relative, the
+    # e4m3 opt-in's cost): it measures the default path's own rounding, not a loose envelope.
+    errors, problems = check(CASES[6], lambda *a, **k: kernel_like(*a, round_q=True, **k))
     assert any(p.startswith("mean relative error") for p in problems), errors
+
+
+def test_under_the_e4m3_math_the_reference_rounds_q_and_the_tolerance_is_the_e4m3_one(monkeypatch):
+    monkeypatch.setenv("MLA_PLUGIN_FP8_MATH", "e4m3")
+    assert selftest.tolerance_for("fp8") == selftest.E4M3_TOLERANCE
+    assert selftest.tolerance_for("bf16") == selftest.TOLERANCES["bf16"]
+    errors, problems = check(CASES[6], lambda *a, **k: kernel_like(*a, round_q=True, **k))
+    assert problems == [], errors
 
 
 # ----------------------------------------------------------------- the self-test, faked GPU
@@ -282,7 +289,7 @@ def test_all_pass_json_report_shape(monkeypatch, capsys):
     assert (st["status"], st["ok"], st["exit_status"]) == ("pass", True, 0)
     assert st["failures"] == [] and st["summary"].startswith("doctor --run: PASS")
     assert st["tolerances"]["bf16"] == {"max_abs": 0.02, "mean_rel": 0.01}
-    assert st["tolerances"]["fp8"] == {"max_abs": 0.03, "mean_rel": 0.02}
+    assert st["tolerances"]["fp8"] == {"max_abs": 0.02, "mean_rel": 0.01}
     assert st["tolerances"]["lse_max_abs"] == 0.001
     assert {"torch", "triton", "vllm", "mla_plugin", "cuda", "driver"} <= set(st["versions"])
     assert st["versions"]["vllm"] == "0.33.0"  # from doctor's facts
@@ -312,13 +319,13 @@ def test_one_wrong_case(monkeypatch, capsys):
     assert status == 2
     lines = text.splitlines()
     assert (f"FAIL wrong-case: GPU 0 (NVIDIA RTX PRO 6000 Blackwell Workstation Edition): "
-            f"{wrong.name}: max abs error 0.051 > 0.03; mean relative error 0.031 > 0.02") in lines
+            f"{wrong.name}: max abs error 0.051 > 0.02; mean relative error 0.031 > 0.01") in lines
     assert lines[-1] == "doctor --run: FAIL (1 failure(s): wrong-case)"
     assert sum(line.startswith("  WRONG ") for line in lines) == 1
     status, data = json_report(monkeypatch, capsys, machine(rtx_pro_6000()), runner)
     result = data["self_test"]["gpus"][0]["cases"][8]
     assert result["status"] == "wrong" and result["max_abs"] == 0.051
-    assert result["problems"] == ["max abs error 0.051 > 0.03", "mean relative error 0.031 > 0.02"]
+    assert result["problems"] == ["max abs error 0.051 > 0.02", "mean relative error 0.031 > 0.01"]
     assert data["self_test"]["gpus"][0]["status"] == "failed"
 
 

@@ -10,7 +10,9 @@ csrc/variants.def. What is faked, and why it has to be:
     arguments and then raises, does nothing, or runs the emulated kernel
     (tests/gpu/emulate.py) into the given out / lse;
   - the device facts and the split workspace: dispatch's own per-device caches, filled with
-    an H200's numbers and CPU (FakeCuda) buffers, since there is no device to ask or allocate on.
+    an H200's numbers and CPU (FakeCuda) buffers, since there is no device to ask;
+  - allocations on the CUDA device (the op's out / lse, the aligned copy of an fp8 q): made
+    on the CPU as FakeCuda by a TorchFunctionMode around the call.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import contextlib
 
 import torch
+from torch.overrides import TorchFunctionMode
 
 from mla_plugin import configs, dispatch
 
@@ -36,6 +39,20 @@ class FakeCuda(torch.Tensor):
     @property
     def is_cuda(self):
         return True
+
+
+class CudaAllocationsOnCpu(TorchFunctionMode):
+    """While active, a torch call asked to allocate on a CUDA device (torch.empty(...,
+    device=q.device) in the op) allocates on the CPU and returns FakeCuda."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = dict(kwargs or {})
+        device = kwargs.get("device")
+        if device is not None and torch.device(device).type == "cuda":
+            kwargs["device"] = "cpu"
+            result = func(*args, **kwargs)
+            return result.as_subclass(FakeCuda) if isinstance(result, torch.Tensor) else result
+        return func(*args, **kwargs)
 
 
 def fake(x):
@@ -141,17 +158,11 @@ def parse_mutation(spec: str) -> dict:
 
 
 def call_as_cuda(op, q, kv_cache, block_table, seq_lens, **kwargs):
-    """op(...) with every tensor argument FakeCuda; out / lse allocated (NaN) when not given,
-    since mla_decode would allocate them on the (absent) GPU. Results come back as CPU tensors."""
-    if kwargs.get("out") is None:
-        q0 = q[0] if isinstance(q, (tuple, list)) else q
-        dtype = torch.bfloat16 if q0.dtype == FP8 else q0.dtype
-        kwargs["out"] = torch.full((q0.shape[0], q0.shape[1], 512), float("nan"), dtype=dtype)
-    if kwargs.get("lse") is None:
-        q0 = q[0] if isinstance(q, (tuple, list)) else q
-        kwargs["lse"] = torch.full(q0.shape[:2], float("nan"))
+    """op(...) with every tensor argument FakeCuda and CUDA allocations made on the CPU
+    (CudaAllocationsOnCpu). Results come back as plain CPU tensors."""
     kwargs = {k: fake(v) for k, v in kwargs.items()}
-    result = op(fake(q), fake(kv_cache), fake(block_table), fake(seq_lens), **kwargs)
+    with CudaAllocationsOnCpu():
+        result = op(fake(q), fake(kv_cache), fake(block_table), fake(seq_lens), **kwargs)
     return real(result)
 
 

@@ -84,8 +84,6 @@ def test_misaligned_q_is_copied_and_still_right(dtype, q_dtype, error_log):
     # same result as the aligned q, bit for bit, and within the bounds.
     if dtype == "bf16" and q_dtype == "fp8":
         pytest.skip("an fp8 q needs an fp8 cache")
-    if cases.EMULATED and q_dtype == "fp8":
-        pytest.skip("emulated GPU: the op allocates the aligned fp8 copy on the (absent) device")
     case = Case(dtype=dtype, heads=16, block_size=32, seq_lens=[600, 31], query_len=2,
                 q_dtype=q_dtype, strided_q=False)
     inp = make_inputs(case)

@@ -157,6 +157,20 @@ def parse_mutation(spec: str) -> dict:
     return mutation
 
 
+# The kernel's mutation macros (scripts/mutation_check.sh) and the emulation's equivalents.
+KERNEL_MUTATIONS = {"MLA_MUTATE_P_DROP_BITS": "p_drop_bits", "MLA_MUTATE_OUT_SCALE_ULPS": "out_scale_ulps"}
+
+
+def mutation_from_defines(defines: str) -> dict:
+    """The emulated mutation a build with these $MLA_PLUGIN_NVCC_DEFINES would have."""
+    mutation = {}
+    for item in defines.replace(",", " ").split():
+        name, _, value = item.partition("=")
+        if name in KERNEL_MUTATIONS:
+            mutation[KERNEL_MUTATIONS[name]] = int(value or 1)
+    return mutation
+
+
 def call_as_cuda(op, q, kv_cache, block_table, seq_lens, **kwargs):
     """op(...) with every tensor argument FakeCuda and CUDA allocations made on the CPU
     (CudaAllocationsOnCpu). Results come back as plain CPU tensors."""

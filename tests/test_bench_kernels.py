@@ -159,14 +159,58 @@ def test_triton_module_from_another_folder_is_refused(tmp_path, clean_import_sta
         bench_kernels.load_triton_mla(str(tmp_path / "b"), prefer_vllm=False)
 
 
-@pytest.mark.skipif(not SHARED_TOOL.exists(), reason="shared/tools/fetch-triton-mla is not beside the repo")
-@pytest.mark.skipif(importlib.util.find_spec("vllm") is None or importlib.util.find_spec("triton") is None,
-                    reason="needs vLLM's kernel file (from an installed vLLM) and triton")
-@pytest.mark.skipif(shutil.which("unzip") is None, reason="fetch-triton-mla needs unzip")
-def test_fetch_triton_mla_folder_imports_the_real_kernel(tmp_path, clean_import_state):
-    # Give the tool a wheel in its cache (made from the installed vLLM's file), so it runs offline.
+# The layout shared/tools/fetch-triton-mla makes: vLLM's kernel file beside a two-module shim
+# (the tool's own text, copied here so the test needs nothing outside the repository).
+SHIM_PLATFORMS = """# Shim: the kernel file asks only whether it runs on ROCm.
+class _Platform:
+    @staticmethod
+    def is_rocm():
+        return False
+
+
+current_platform = _Platform()
+"""
+SHIM_TRITON_UTILS = """# Shim: the kernel file imports triton and tl from here.
+import triton
+import triton.language as tl
+
+__all__ = ["triton", "tl"]
+"""
+
+
+def _installed_vllm_kernel() -> Path:
     spec = importlib.util.find_spec("vllm")
-    kernel = Path(spec.origin).parent / "v1" / "attention" / "ops" / "triton_decode_attention.py"
+    assert spec is not None, "vLLM (the test extra) is needed: its Triton MLA kernel file is the peer"
+    assert importlib.util.find_spec("triton") is not None, "triton (torch's dependency) is needed"
+    return Path(spec.origin).parent / "v1" / "attention" / "ops" / "triton_decode_attention.py"
+
+
+def make_peer_folder(dest: Path) -> Path:
+    """What fetch-triton-mla puts into DEST, from the installed vLLM's kernel file."""
+    (dest / "vllm" / "platforms").mkdir(parents=True)
+    (dest / "vllm" / "triton_utils").mkdir(parents=True)
+    shutil.copy(_installed_vllm_kernel(), dest / "triton_decode_attention.py")
+    (dest / "vllm" / "__init__.py").write_text("")
+    (dest / "vllm" / "platforms" / "__init__.py").write_text(SHIM_PLATFORMS)
+    (dest / "vllm" / "triton_utils" / "__init__.py").write_text(SHIM_TRITON_UTILS)
+    return dest
+
+
+def test_a_fetch_triton_mla_folder_imports_the_real_kernel(tmp_path, clean_import_state):
+    # Runs everywhere the test extra is installed (CI included): the folder is made here.
+    dest = make_peer_folder(tmp_path / "peers" / "triton_mla")
+    fn, source = bench_kernels.load_triton_mla(str(dest), prefer_vllm=False)
+    assert fn.__name__ == "decode_attention_fwd" and fn.__module__ == "triton_decode_attention"
+    assert str(dest) in source
+    assert "vllm" not in sys.modules or str(dest) in (sys.modules["vllm"].__file__ or "")  # the shim, not vLLM
+
+
+@pytest.mark.skipif(not SHARED_TOOL.exists(), reason="shared/tools/fetch-triton-mla is not beside the repo "
+                    "(test_a_fetch_triton_mla_folder_imports_the_real_kernel covers the folder it makes)")
+@pytest.mark.skipif(shutil.which("unzip") is None, reason="fetch-triton-mla needs unzip")
+def test_the_shared_fetch_tool_makes_that_folder(tmp_path, clean_import_state):
+    # Give the tool a wheel in its cache (made from the installed vLLM's file), so it runs offline.
+    kernel = _installed_vllm_kernel()
     wheels = tmp_path / "cache" / "mla_plugin" / "wheels"
     wheels.mkdir(parents=True)
     with zipfile.ZipFile(wheels / "vllm-0.33.0-cp38-abi3-linux_x86_64.whl", "w") as whl:
@@ -174,6 +218,10 @@ def test_fetch_triton_mla_folder_imports_the_real_kernel(tmp_path, clean_import_
     dest = tmp_path / "peers" / "triton_mla"
     env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"), VLLM_VERSION="0.33.0")
     subprocess.run(["bash", str(SHARED_TOOL), str(dest)], check=True, env=env, capture_output=True)
-    fn, source = bench_kernels.load_triton_mla(str(dest), prefer_vllm=False)
-    assert fn.__name__ == "decode_attention_fwd" and fn.__module__ == "triton_decode_attention"
-    assert str(dest) in source
+    ours = make_peer_folder(tmp_path / "ours")
+    made = sorted(p.relative_to(dest) for p in dest.rglob("*") if p.is_file())
+    assert made == sorted(p.relative_to(ours) for p in ours.rglob("*") if p.is_file())
+    for rel in made:  # the copy in this test is the tool's layout, byte for byte
+        assert (dest / rel).read_bytes() == (ours / rel).read_bytes(), rel
+    fn, _ = bench_kernels.load_triton_mla(str(dest), prefer_vllm=False)
+    assert fn.__name__ == "decode_attention_fwd"

@@ -51,6 +51,9 @@ def test_ulp_is_the_spacing_to_the_next_number(elem):
     y = log_uniform(10_000, seed=4).to(dtype)
     nxt = (y.view(torch.int16) + 1).view(dtype)  # positive numbers: the next bit pattern
     assert torch.equal(bounds.ulp(y.to(torch.float32), elem), nxt.to(torch.float32) - y.to(torch.float32))
+    tiny = torch.tensor([0.0, 2.0 ** -140, 2.0 ** -20]).to(dtype)  # zero and subnormals
+    nxt = (tiny.view(torch.int16) + 1).view(dtype)
+    assert torch.equal(bounds.ulp(tiny.to(torch.float32), elem), nxt.to(torch.float32) - tiny.to(torch.float32))
 
 
 @pytest.mark.parametrize("elem,bits", [("bf16", 8), ("fp16", 11)])

@@ -58,6 +58,10 @@ denominator uses the unrounded p, the factor cancels and the pre-rounding output
    mantissa spread) and about 2 for a kernel with twice P's error. Assert
    rho <= RHO_MAX + Z_MEAN * noise, RHO_MAX = sqrt(2) (the geometric middle of 1 and 2), noise
    the statistical spread of rho estimated from the case itself (see mean_noise), Z_MEAN = 4.
+ - The row's largest weight is exact: the kernel's p for the token holding the running maximum
+   is exp2(0) = 1 (or 1 + 2^-24 from an fma), which rounds to 1, so the mean model leaves that
+   token out of A (A_x); the max check keeps it. (A kernel that rescales lazily, FA3-style,
+   would round that p too: its honest rho would then read up to about 1.5x higher.)
  - Bias check (per case): the slope beta^ = sum (out - rn(ref)) ref / sum ref^2. Round to
    nearest has no bias, so an honest kernel has beta^ = 0 up to noise and the accumulation bias
    below; a scaled output (out (1 + 2^-9)) or truncated P (about -0.72 u_p) shows at once.
@@ -107,6 +111,7 @@ MEAN_MIN_COUNT = 100.0
 
 UNIT = {"bf16": 2.0 ** -8, "fp16": 2.0 ** -11, "fp8": 2.0 ** -4}  # 2^-(significant bits)
 OUT_TORCH = {"bf16": torch.bfloat16, "fp16": torch.float16}
+MIN_SPACING = {"bf16": 2.0 ** -133, "fp16": 2.0 ** -24}  # between subnormal outputs
 # Below SUB_THRESHOLD (in the kernel's p units, p <= 1) P is subnormal, with absolute error
 # at most SUB_ABS: fp16 min normal 2^-14, spacing 2^-24; e4m3 of 256 p: min normal 2^-6,
 # spacing 2^-9, so p < 2^-14 and 2^-10 / 256. bf16 has fp32's range: none.
@@ -249,14 +254,17 @@ def model(ref: torch.Tensor, st: Stats, arith: Arith) -> Model:
     beta = BETA_STEP * steps * (ref.abs() + 2 * A)
     sigma = torch.sqrt(KAPPA * u_p ** 2 * st.A2x + score ** 2 + sub ** 2 / 3)
     pre = C_MAX * (u_p * A + score + sub) + 2 * beta
-    bound = pre + u_out * (ref.abs() + pre)
+    # output rounding: u_out of the pre-rounding value, half a subnormal step below the normals
+    bound = pre + u_out * (ref.abs() + pre) + MIN_SPACING[arith.out_elem] / 2
     return Model(bound=bound, sigma=sigma, beta=beta, mean_abs=GAUSS_MEAN_ABS * sigma + beta)
 
 
 def ulp(x: torch.Tensor, elem: str) -> torch.Tensor:
-    """The spacing of `elem` numbers at |x| (normal range): 2 u 2^floor(log2 |x|)."""
+    """The spacing of `elem` numbers at |x|: 2 u 2^floor(log2 |x|), and the fixed subnormal
+    spacing below the normal range."""
     _, e = torch.frexp(x.abs())  # |x| = m 2^e, m in [0.5, 1)
-    return torch.ldexp(torch.full_like(x, 2.0 * UNIT[elem]), e - 1)
+    spacing = torch.ldexp(torch.full_like(x, 2.0 * UNIT[elem]), e - 1).clamp_min(MIN_SPACING[elem])
+    return torch.where(x == 0, torch.full_like(x, MIN_SPACING[elem]), spacing)
 
 
 def mean_noise(ref, m: Model, st: Stats, arith: Arith) -> tuple[float, float]:

@@ -1,7 +1,10 @@
 """Building the CUDA kernels: JIT on first use, ahead of time with `python -m mla_plugin build`.
 
 Builds land in a cache folder keyed by the sources' hash, the torch version and the arch list
-(`$MLA_PLUGIN_CACHE_DIR`, default ~/.cache/mla_plugin/kernels). Each build folder carries a
+(`$MLA_PLUGIN_CACHE_DIR`, default ~/.cache/mla_plugin/kernels). `$MLA_PLUGIN_NVCC_DEFINES`
+(e.g. "MLA_MUTATE_P_DROP_BITS=1", space- or comma-separated NAME or NAME=VALUE) adds -D flags
+to nvcc for tests of the kernel (scripts/mutation_check.sh); the defines are part of the
+sources' hash, so such a build never matches, and never loads as, the real one. Each build folder carries a
 manifest.json; at load time any build whose manifest matches the sources, the torch version and
 the current GPU's arch is imported directly, so a prebuilt binary needs no nvcc.
 """
@@ -34,6 +37,8 @@ BINDING_SOURCE = "binding.cpp"
 NVCC_FLAGS = ("-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo")
 SMEM_LIMIT_BYTES = SMEM_BUDGET_BYTES  # the SM12x per-block budget, checked on every arch
 _BUILD_FORMAT = 2  # bump when the build recipe changes in a way the sources don't show
+DEFINES_ENV = "MLA_PLUGIN_NVCC_DEFINES"
+_DEFINE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(=[A-Za-z0-9_.+-]*)?")
 
 _loaded = None
 
@@ -125,6 +130,23 @@ def arch_tag(archs: list[str]) -> str:
 
 
 # ---------------------------------------------------------------------------------- keys
+def nvcc_defines() -> list[str]:
+    """-D flags from $MLA_PLUGIN_NVCC_DEFINES ("NAME=VALUE NAME2", commas or spaces between)."""
+    text = os.environ.get(DEFINES_ENV, "")
+    flags = []
+    for item in text.replace(",", " ").split():
+        if not _DEFINE.fullmatch(item):
+            raise ValueError(f"{DEFINES_ENV}: cannot read {item!r}; expected NAME or NAME=VALUE "
+                             "(letters, digits, _ . + -), e.g. MLA_MUTATE_P_DROP_BITS=1")
+        flags.append(f"-D{item}")
+    return flags
+
+
+def nvcc_flags() -> list[str]:
+    """Every nvcc flag but the archs: NVCC_FLAGS plus $MLA_PLUGIN_NVCC_DEFINES."""
+    return list(NVCC_FLAGS) + nvcc_defines()
+
+
 def source_files(root: Path | None = None) -> list[Path]:
     """Every file the kernel build reads: csrc/ and its subfolders (decode/ ...), sorted."""
     root = root or csrc_dir()
@@ -132,10 +154,14 @@ def source_files(root: Path | None = None) -> list[Path]:
 
 
 def source_hash(root: Path | None = None) -> str:
-    """The cache key of the sources: flags, every source file's path below csrc/ and bytes."""
+    """The cache key of the sources: flags, $MLA_PLUGIN_NVCC_DEFINES, every source file's
+    path below csrc/ and bytes."""
     root = root or csrc_dir()
     h = hashlib.sha256(f"format{_BUILD_FORMAT}".encode())
     h.update(" ".join(NVCC_FLAGS).encode())
+    defines = nvcc_defines()
+    if defines:  # none: the same hash as without the variable
+        h.update((" defines " + " ".join(defines)).encode())
     for path in source_files(root):
         h.update(path.relative_to(root).as_posix().encode())
         h.update(path.read_bytes())
@@ -154,8 +180,12 @@ class BuildKey:
         return f"{self.sources}-torch{self.torch}-sm{archs}"
 
     def manifest(self) -> dict:
-        return {"sources": self.sources, "torch": self.torch, "archs": list(self.archs),
-                "extension": EXTENSION_NAME}
+        manifest = {"sources": self.sources, "torch": self.torch, "archs": list(self.archs),
+                    "extension": EXTENSION_NAME}
+        defines = nvcc_defines()
+        if defines:  # for people reading the folder: the hash already tells builds apart
+            manifest["nvcc_defines"] = defines
+        return manifest
 
 
 def current_key(archs: list[str]) -> BuildKey:
@@ -226,14 +256,15 @@ def build(archs: list[str], out_dir: Path | None = None, verbose: bool = True) -
         f'#pragma once\n#define MLA_BUILT_ARCHS "{arch_tag(archs)}"\n')
     src = csrc_dir()
     sources = [str(src / BINDING_SOURCE)] + [str(src / s) for s in KERNEL_SOURCES]
+    defines = nvcc_defines()
     log(f"building CUDA kernels for sm_{arch_tag(archs)} from {len(sources)} sources in {src} "
-        f"into {folder} (once; 1-3 minutes)")
+        f"into {folder} (once; 1-3 minutes)" + (f" with {' '.join(defines)}" if defines else ""))
     start = time.time()
     cpp_ext.load(
         name=EXTENSION_NAME,
         sources=sources,
         extra_cflags=["-O3"],  # torch picks the C++ standard its headers need
-        extra_cuda_cflags=list(NVCC_FLAGS) + gencode_flags(archs),
+        extra_cuda_cflags=nvcc_flags() + gencode_flags(archs),
         extra_include_paths=[str(src), str(folder)],
         build_directory=str(folder),
         verbose=verbose,
@@ -318,7 +349,7 @@ def ptxas_report(arch: str, sources: tuple[str, ...] = KERNEL_SOURCES, jobs: int
     src = csrc_dir()
 
     def one(name: str) -> str:
-        cmd = [nvcc, *NVCC_FLAGS, *gencode_flags([arch]), "-Xptxas", "-v", "-c", str(src / name),
+        cmd = [nvcc, *nvcc_flags(), *gencode_flags([arch]), "-Xptxas", "-v", "-c", str(src / name),
                "-o", os.devnull]
         res = subprocess.run(cmd, capture_output=True, text=True)
         if res.returncode != 0:
@@ -361,7 +392,7 @@ def sass_by_kernel(arch: str, source: str) -> dict[str, str]:
     nvcc = str(Path(home) / "bin" / "nvcc") if home else shutil.which("nvcc")
     with tempfile.TemporaryDirectory() as tmp:
         obj = Path(tmp) / "k.o"
-        subprocess.run([nvcc, *NVCC_FLAGS, *gencode_flags([arch]), "-c", str(csrc_dir() / source), "-o", str(obj)],
+        subprocess.run([nvcc, *nvcc_flags(), *gencode_flags([arch]), "-c", str(csrc_dir() / source), "-o", str(obj)],
                        check=True, capture_output=True, text=True)
         env = dict(os.environ)
         env["PATH"] = str(Path(tool).parent) + os.pathsep + env.get("PATH", "")  # nvdisasm beside it

@@ -45,6 +45,16 @@ def mla_decode_reference(
     block_table: [B, max_blocks] integer; seq_lens: [B] integer.
     kv_scale, q_scale: float, 1-element tensor, or None (1.0).
     """
+    return _reference(q, kv_cache, block_table, seq_lens, softmax_scale=softmax_scale,
+                      kv_scale=kv_scale, q_scale=q_scale, query_len=query_len, causal=causal)
+
+
+def _reference(q, kv_cache, block_table, seq_lens, *, softmax_scale, kv_scale=None, q_scale=None,
+               query_len=1, causal=True, probe=None):
+    """mla_decode_reference, with an optional probe for the tests' error model and emulator:
+    probe(rows, scores, probs, values, out) is called once per chunk of requests (rows: the
+    slice of requests) with scores [b, Q, H, L] (-inf where a row sees no token), probs
+    [b, Q, H, L] (the softmax, 0 where unseen), values [b, L, 512] and out [b, Q, H, 512]."""
     q32 = _query_fp32(q, q_scale)
     num_rows, num_heads, _ = q32.shape
     batch = seq_lens.shape[0]
@@ -79,13 +89,15 @@ def mla_decode_reference(
             q32[rows], kv_cache, block_table[rows], seq_lens[rows],
             kv_mult=kv_mult, softmax_scale=float(softmax_scale),
             query_len=query_len, causal=causal,
+            probe=None if probe is None else (lambda *a, rows=rows: probe(rows, *a)),
         )
         out[rows] = chunk_out
         lse[rows] = chunk_lse
     return (out.view(num_rows, num_heads, LATENT_DIM), lse.view(num_rows, num_heads))
 
 
-def _attend(q32, kv_cache, block_table, seq_lens, *, kv_mult, softmax_scale, query_len, causal):
+def _attend(q32, kv_cache, block_table, seq_lens, *, kv_mult, softmax_scale, query_len, causal,
+            probe=None):
     """One chunk of requests: q32 [b, Q, H, 576] -> (out [b, Q, H, 512], lse [b, Q, H])."""
     batch, _, num_heads, _ = q32.shape
     block_size = kv_cache.shape[1]
@@ -125,7 +137,10 @@ def _attend(q32, kv_cache, block_table, seq_lens, *, kv_mult, softmax_scale, que
     probs = torch.exp(scores - torch.where(sees_tokens, lse, 0.0)[..., None])
     probs = torch.where(visible[:, :, None, :], probs, 0.0)
     out = torch.bmm(probs.view(batch, query_len * num_heads, -1), values)
-    return out.view(batch, query_len, num_heads, LATENT_DIM), lse
+    out = out.view(batch, query_len, num_heads, LATENT_DIM)
+    if probe is not None:
+        probe(scores, probs, values, out)
+    return out, lse
 
 
 def _query_fp32(q, q_scale) -> torch.Tensor:

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import mla_plugin.ops as ops
-from mla_plugin import dispatch
-from mla_plugin.op_checks import check_arguments
+from mla_plugin import kernel_variants
 from mla_plugin.ops import mla_decode
+from tests import fake_cuda
 from mla_plugin.reference import mla_decode_reference
 
 FP8 = torch.float8_e4m3fn
@@ -83,7 +83,9 @@ def test_cpu_path_fp8_query_writes_bf16_or_given_fp16():
     assert torch.equal(out, ref.to(torch.bfloat16)) and torch.equal(out16, ref.half())
 
 
-def test_misaligned_query_is_copied_and_still_right():
+def test_cpu_path_takes_a_misaligned_query():
+    # (the copy the CUDA path makes: test_launch_gets_an_aligned_copy_of_a_misaligned_query,
+    # and on the GPU tests/gpu/test_decode_contract.py::test_misaligned_q_is_copied_and_still_right)
     q, kv_cache, block_table, seq_lens = _inputs()
     storage = torch.empty(q.numel() + 1, dtype=q.dtype)
     odd = storage[1:].view(q.shape)  # data_ptr 2 bytes past an aligned address
@@ -103,10 +105,13 @@ def test_empty_batch():
 
 
 # ---- what the CUDA path hands dispatch.launch -----------------------------------------
+# mla_decode is called through its public signature with fake-CUDA tensors (tests/fake_cuda.py:
+# CPU tensors whose .device says cuda:0, since CPU-only torch cannot make CUDA tensors), so
+# its real argument checks and CUDA branch run; what they hand on is recorded.
 
 @pytest.fixture
 def recorded_launch(monkeypatch):
-    """Run the CUDA branch on CPU tensors: launch() records its call."""
+    """dispatch.launch records its call instead of launching."""
     calls = []
     monkeypatch.setattr(ops.dispatch, "launch", lambda *a, **k: calls.append((a, k)))
     return calls
@@ -115,16 +120,11 @@ def recorded_launch(monkeypatch):
 def _launch_through_cuda_branch(q, kv_cache, block_table, seq_lens, **kwargs):
     kwargs.setdefault("softmax_scale", 0.1)
     kwargs.setdefault("query_len", 2)
-    options = dict(kv_scale=None, q_scale=None, causal=True, out=None, lse=None,
-                   return_lse=False, max_seq_len=None)
-    options.update(kwargs)
-    args = check_arguments(q, kv_cache, block_table, seq_lens, **options)
-    out = torch.empty(args.num_rows, args.num_heads, 512, dtype=args.out_dtype)
-    lse = torch.empty(args.num_rows, args.num_heads)
-    ops._launch_cuda(args, out, lse, softmax_scale=options["softmax_scale"],
-                     kv_scale=options["kv_scale"], q_scale=options["q_scale"],
-                     query_len=options["query_len"], causal=options["causal"],
-                     max_seq_len=options["max_seq_len"], fp8_math=None)
+    q0 = q[0] if isinstance(q, (tuple, list)) else q
+    dtype = torch.bfloat16 if q0.dtype == FP8 else q0.dtype
+    out = torch.full((q0.shape[0], q0.shape[1], 512), float("nan"), dtype=dtype)
+    lse = torch.full(q0.shape[:2], float("nan"))
+    fake_cuda.call_as_cuda(mla_decode, q, kv_cache, block_table, seq_lens, out=out, lse=lse, **kwargs)
     return out, lse
 
 
@@ -134,10 +134,12 @@ def test_launch_gets_split_query_and_everything_else(recorded_launch):
                                            causal=False, max_seq_len=40)
     (args, kwargs), = recorded_launch
     q_nope, q_pe, cache, table, lens, got_out, got_lse = args
+    assert all(t.device.type == "cuda" for t in args)  # the CUDA branch, not the reference
     assert q_nope.data_ptr() == q.data_ptr() and q_nope.shape == (T, H, 512)
     assert q_pe.data_ptr() == q.data_ptr() + 512 * 2 and q_pe.shape == (T, H, 64)
-    assert cache is kv_cache and table is block_table and lens is seq_lens
-    assert got_out is out and got_lse is lse
+    assert cache.data_ptr() == kv_cache.data_ptr() and table.data_ptr() == block_table.data_ptr()
+    assert lens.data_ptr() == seq_lens.data_ptr()
+    assert got_out.data_ptr() == out.data_ptr() and got_lse.data_ptr() == lse.data_ptr()
     assert kwargs == dict(softmax_scale=0.1, kv_scale=None, q_scale=None, query_len=2,
                           causal=False, max_seq_len=40, fp8_math=None)
 
@@ -145,10 +147,10 @@ def test_launch_gets_split_query_and_everything_else(recorded_launch):
 def test_launch_gets_uint8_cache_as_fp8_and_scales(recorded_launch):
     q, kv_cache, block_table, seq_lens = _inputs(torch.bfloat16, torch.uint8)
     kv_scale = torch.tensor([0.5])
-    _launch_through_cuda_branch(q, kv_cache, block_table, seq_lens, kv_scale=kv_scale)
+    _launch_through_cuda_branch(q, kv_cache, block_table, seq_lens, kv_scale=kv_scale, fp8_math="e4m3")
     (args, kwargs), = recorded_launch
     assert args[2].dtype == FP8 and args[2].data_ptr() == kv_cache.data_ptr()
-    assert kwargs["kv_scale"] is kv_scale
+    assert kwargs["kv_scale"].data_ptr() == kv_scale.data_ptr() and kwargs["fp8_math"] == "e4m3"
 
 
 def test_launch_gets_one_fp8_tensor_for_an_fp8_pair(recorded_launch):
@@ -170,16 +172,68 @@ def test_launch_gets_aligned_copies_of_a_misaligned_pair(recorded_launch):
     q_pe = q[..., 512:]  # aligned already: passed as it is
     _launch_through_cuda_branch((q_nope, q_pe), kv_cache, block_table, seq_lens)
     (args, _), = recorded_launch
-    assert args[0].data_ptr() % 16 == 0 and torch.equal(args[0], q_nope)
-    assert args[1] is q_pe
+    assert q_nope.data_ptr() % 16 and args[0].data_ptr() % 16 == 0
+    assert torch.equal(fake_cuda.real(args[0]), q_nope)
+    assert args[1].data_ptr() == q_pe.data_ptr()
 
 
-def test_cuda_branch_without_a_gpu_raises_and_nothing_falls_back(monkeypatch):
+def test_launch_gets_an_aligned_copy_of_a_misaligned_query(recorded_launch):
+    q, kv_cache, block_table, seq_lens = _inputs()
+    odd = _misaligned(q)
+    _launch_through_cuda_branch(odd, kv_cache, block_table, seq_lens)
+    (args, _), = recorded_launch
+    assert args[0].data_ptr() % 16 == 0 and args[1].data_ptr() % 16 == 0
+    assert torch.equal(torch.cat([fake_cuda.real(args[0]), fake_cuda.real(args[1])], -1), q)
+
+
+# ---- the CUDA branch down to the compiled extension (faked): failures surface --------------
+
+@pytest.fixture
+def no_reference(monkeypatch):
+    """Any use of the fp32 reference fails the test: the CUDA branch must not fall back to it."""
+    import mla_plugin.reference as reference
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the CUDA branch fell back to the reference")
+
+    for module, name in ((ops, "mla_decode_reference"), (reference, "mla_decode_reference"),
+                         (reference, "_reference"), (ops, "_decode_with_reference")):
+        monkeypatch.setattr(module, name, refuse)
+
+
+def test_a_kernel_launch_failure_surfaces_from_mla_decode(monkeypatch, no_reference):
+    def illegal_access(*args):
+        raise RuntimeError("mla_plugin: decode launch failed: an illegal memory access was encountered")
+
+    q, kv_cache, block_table, seq_lens = _inputs()
+    with fake_cuda.installed(monkeypatch, fake_cuda.FakeExtension(illegal_access)) as ext:
+        with pytest.raises(RuntimeError, match="illegal memory access"):
+            out, _ = _launch_through_cuda_branch(q, kv_cache, block_table, seq_lens)
+    assert len(ext.calls) == 1  # launched once, not retried
+    out = fake_cuda.named(ext.calls[0])["out"]
+    assert torch.isnan(fake_cuda.real(out).float()).all()  # and nothing wrote a result
+
+
+def test_the_cuda_branch_hands_the_extension_a_compiled_variant(monkeypatch, no_reference):
+    q, kv_cache, block_table, seq_lens = _inputs(torch.bfloat16, FP8)
+    with fake_cuda.installed(monkeypatch, fake_cuda.FakeExtension()) as ext:
+        out, lse = _launch_through_cuda_branch(q, kv_cache, block_table, seq_lens, kv_scale=0.5,
+                                               max_seq_len=37)
+    call = fake_cuda.named(ext.calls[0])
+    assert len(ext.calls) == 1 and call["out"].data_ptr() == out.data_ptr()
+    assert call["lse"].data_ptr() == lse.data_ptr() and call["kv_scale_v"] == 0.5
+    assert kernel_variants.find("fp8", "bf16", "bf16", call["mma"], call["rows"]) is not None
+    assert call["mma"] == "fp16" and call["num_splits"] >= 1 and call["query_len"] == 2
+
+
+def test_without_cuda_mla_decode_raises_and_nothing_falls_back(monkeypatch, no_reference):
+    from mla_plugin import build
+
+    monkeypatch.setattr(build, "_loaded", None)
     monkeypatch.setattr(ops.torch.cuda, "is_available", lambda: False)
     q, kv_cache, block_table, seq_lens = _inputs()
     with pytest.raises(RuntimeError, match="mla_plugin: CUDA is not available"):
         _launch_through_cuda_branch(q, kv_cache, block_table, seq_lens)
-    assert dispatch.launch.__module__ == "mla_plugin.dispatch"
 
 
 # ---- every bad argument names itself and what it should be ---------------------------

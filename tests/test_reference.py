@@ -190,3 +190,36 @@ def test_chunked_gather_equals_one_chunk(monkeypatch):
     monkeypatch.setattr(reference, "_GATHER_CHUNK_ELEMENTS", 1)  # one request per chunk
     chunked = mla_decode_reference(q, kv_cache, block_table, seq_lens, softmax_scale=0.1)
     torch.testing.assert_close(chunked, whole, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("chunk", [None, 1])
+def test_probe_sees_each_chunk_softmax_values_and_output(monkeypatch, chunk):
+    # The tests' error model (tests/gpu/bounds.py) reads the softmax through this probe.
+    import mla_plugin.reference as reference
+
+    if chunk:
+        monkeypatch.setattr(reference, "_GATHER_CHUNK_ELEMENTS", chunk)
+    q, kv_cache, block_table, seq_lens = _case(batch=4, query_len=2, heads=3)
+    seq_lens[2] = 0  # a padding request
+    seen = []
+
+    def probe(rows, scores, probs, values, out):
+        seen.append((rows, scores, probs, values, out))
+
+    out, lse = reference._reference(q, kv_cache, block_table, seq_lens, softmax_scale=0.1,
+                                    query_len=2, probe=probe)
+    plain = mla_decode_reference(q, kv_cache, block_table, seq_lens, softmax_scale=0.1, query_len=2)
+    assert torch.equal(out, plain[0]) and torch.equal(lse, plain[1])
+    covered = sorted(i for rows, *_ in seen for i in range(rows.start, rows.stop))
+    assert covered == ([0, 1, 3] if chunk else [0, 1, 2, 3])  # an all-padding chunk has no softmax
+    for rows, scores, probs, values, chunk_out in seen:
+        b = rows.stop - rows.start
+        assert probs.shape == scores.shape and probs.shape[:3] == (b, 2, 3)
+        assert values.shape == (b, probs.shape[-1], 512)
+        torch.testing.assert_close(torch.einsum("bqhl,blc->bqhc", probs, values), chunk_out)
+        torch.testing.assert_close(chunk_out.reshape(-1, 3, 512), out[rows.start * 2:rows.stop * 2])
+        visible = torch.isfinite(scores)
+        assert torch.all(probs[~visible] == 0)
+        sums = probs.sum(-1)
+        lens = seq_lens[rows].long()
+        torch.testing.assert_close(sums[lens > 0], torch.ones_like(sums[lens > 0]))

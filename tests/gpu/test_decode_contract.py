@@ -1,5 +1,6 @@
-"""The op contract on the GPU, one behaviour per test: padding rows, q layouts, scales,
-dtypes, padded caches, caller-provided buffers and CUDA-graph replay."""
+"""The op contract on the GPU, one behaviour per test: padding rows, split-KV, q layouts and
+alignment, scales, dtypes, padded caches, caller-provided buffers and CUDA-graph replay. Every
+output is judged by tests/gpu/bounds.py's derived bounds."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import dataclasses
 import pytest
 import torch
 
-from .cases import SOFTMAX_SCALE, Case, assert_close, make_inputs, measure, run_op
+from . import cases
+from .cases import SOFTMAX_SCALE, Case, assert_close, last_plan, make_inputs, measure, run_op
 
 pytestmark = pytest.mark.gpu
 
@@ -22,6 +24,7 @@ def _check(case, error_log, **kw):
     return inp, out, lse
 
 
+@pytest.mark.mutation_check
 @pytest.mark.parametrize("dtype", ["bf16", "fp8"])
 def test_seq_len_zero_rows_give_zeros_and_no_nan(dtype, error_log):
     case = Case(dtype=dtype, heads=16, block_size=64, seq_lens=[0, 300, 0, 1, 0], query_len=1)
@@ -31,10 +34,24 @@ def test_seq_len_zero_rows_give_zeros_and_no_nan(dtype, error_log):
         assert torch.all(lse[b] == float("-inf"))
 
 
-@pytest.mark.parametrize("dtype", ["bf16", "fp8"])
+@pytest.mark.mutation_check
+@pytest.mark.parametrize("dtype", ["bf16", "fp16", "fp8"])
 def test_split_kv_ragged_batch_with_padding_rows(dtype, error_log):
-    # batch 2 x 16 heads underfills the GPU: the op splits the 9000-token request.
-    _check(Case(dtype=dtype, heads=16, block_size=16, seq_lens=[9000, 0, 17], query_len=2), error_log)
+    # batch 3 x 16 heads underfills the GPU: the plan splits the 9000-token request.
+    case = Case(dtype=dtype, heads=16, block_size=16, seq_lens=[9000, 0, 17], query_len=2)
+    _check(case, error_log)
+    plan = last_plan()
+    assert plan.num_splits > 1, f"{case}: expected a split-KV launch, the plan chose {plan.num_splits} split(s)"
+
+
+@pytest.mark.mutation_check
+@pytest.mark.parametrize("dtype", ["bf16", "fp8"])
+def test_split_kv_with_max_seq_len_hint_splits_and_matches(dtype, error_log):
+    # The hint vLLM passes (max_seq_len) caps the split count at max_seq_len / min_tokens_per_split.
+    case = Case(dtype=dtype, heads=16, block_size=64, seq_lens=[3000, 5], query_len=1)
+    _check(case, error_log, max_seq_len=4096)
+    plan = last_plan()
+    assert plan.num_splits > 1, f"{case}: expected a split-KV launch, the plan chose {plan.num_splits} split(s)"
 
 
 @pytest.mark.parametrize("dtype", ["bf16", "fp8"])
@@ -50,20 +67,63 @@ def test_strided_q_equals_contiguous_q(dtype):
     assert torch.equal(lse_strided, lse_contig)
 
 
+def _misaligned(t: torch.Tensor) -> torch.Tensor:
+    """A copy of t whose data_ptr is one element past a 16-byte boundary."""
+    storage = torch.empty(t.numel() + 16, dtype=t.dtype, device=t.device)
+    odd = storage[1:1 + t.numel()].view(t.shape)
+    odd.copy_(t)
+    assert odd.data_ptr() % 16
+    return odd
+
+
+@pytest.mark.mutation_check
+@pytest.mark.parametrize("q_dtype", ["bf16", "fp8"])
+@pytest.mark.parametrize("dtype", ["bf16", "fp8"])
+def test_misaligned_q_is_copied_and_still_right(dtype, q_dtype, error_log):
+    # The op copies a q whose pointer is not 16-byte aligned (ops.mla_decode's docstring):
+    # same result as the aligned q, bit for bit, and within the bounds.
+    if dtype == "bf16" and q_dtype == "fp8":
+        pytest.skip("an fp8 q needs an fp8 cache")
+    case = Case(dtype=dtype, heads=16, block_size=32, seq_lens=[600, 31], query_len=2,
+                q_dtype=q_dtype, strided_q=False)
+    inp = make_inputs(case)
+    aligned_out, aligned_lse = run_op(case, inp)
+    odd = dataclasses.replace(inp, q=_misaligned(inp.q))
+    out, lse = run_op(case, odd)
+    assert torch.equal(out, aligned_out) and torch.equal(lse, aligned_lse)
+    if q_dtype != "fp8":  # and as a pair: q_nope misaligned, q_pe a view of the same storage
+        pair = dataclasses.replace(inp, q=(odd.q[..., :512], odd.q[..., 512:]))
+        out_pair, _ = run_op(case, pair)
+        assert torch.equal(out_pair, aligned_out)
+    err = measure(case, inp, out, lse)
+    error_log(case, err)
+    assert_close(case, err)
+
+
+@pytest.mark.mutation_check
 @pytest.mark.parametrize("kv_scale", [0.25, 2.0])
 def test_fp8_kv_scale(kv_scale, error_log):
     _check(Case(dtype="fp8", heads=16, block_size=64, seq_lens=[513, 64, 1], kv_scale=kv_scale), error_log)
 
 
+@pytest.mark.mutation_check
+@pytest.mark.parametrize("out_dtype", ["bf16", "fp16"])
 @pytest.mark.parametrize("heads", [16, 128])
-def test_fp8_query_with_q_scale(heads, error_log):
-    _check(Case(dtype="fp8", heads=heads, block_size=64, seq_lens=[2000, 5], q_fp8=True, kv_scale=0.5),
+def test_fp8_query_with_q_scale(heads, out_dtype, error_log):
+    _check(Case(dtype="fp8", heads=heads, block_size=64, seq_lens=[2000, 5], q_dtype="fp8", out_dtype=out_dtype,
+                kv_scale=0.5), error_log)
+
+
+@pytest.mark.mutation_check
+def test_fp8_cache_with_fp16_query(error_log):
+    # An fp16 model with an FP8 cache: fp16 q, fp16 output.
+    _check(Case(dtype="fp8", heads=32, block_size=32, seq_lens=[1500, 31, 2], query_len=2, q_dtype="fp16"),
            error_log)
 
 
-@pytest.mark.parametrize("dtype", ["fp16"])
-def test_fp16_cache_and_query(dtype, error_log):
-    _check(Case(dtype=dtype, heads=32, block_size=32, seq_lens=[1500, 31, 2], query_len=2), error_log)
+@pytest.mark.mutation_check
+def test_fp16_cache_and_query(error_log):
+    _check(Case(dtype="fp16", heads=32, block_size=32, seq_lens=[1500, 31, 2], query_len=2), error_log)
 
 
 @pytest.mark.parametrize("dtype", ["bf16", "fp8"])
@@ -76,34 +136,40 @@ def test_non_causal_multi_token(dtype, error_log):
     _check(Case(dtype=dtype, heads=16, block_size=64, seq_lens=[130, 4], query_len=4, causal=False), error_log)
 
 
-def test_writes_into_given_buffers():
-    case = Case(dtype="bf16", heads=16, block_size=64, seq_lens=[100, 200])
+@pytest.mark.mutation_check
+@pytest.mark.parametrize("dtype", ["bf16", "fp8"])
+def test_writes_into_given_buffers(dtype, error_log):
+    case = Case(dtype=dtype, heads=16, block_size=64, seq_lens=[100, 200])
     inp = make_inputs(case)
-    out = torch.full((2, 16, 512), float("nan"), dtype=torch.bfloat16, device="cuda")
-    lse = torch.full((2, 16), float("nan"), dtype=torch.float32, device="cuda")
+    out = torch.full((2, 16, 512), float("nan"), dtype=torch.bfloat16, device=cases.device())
+    lse = torch.full((2, 16), float("nan"), dtype=torch.float32, device=cases.device())
     got_out, got_lse = run_op(case, inp, out=out, lse=lse)
     assert got_out.data_ptr() == out.data_ptr() and got_lse.data_ptr() == lse.data_ptr()
-    assert not torch.isnan(out).any() and not torch.isnan(lse).any()
+    err = measure(case, inp, out, lse)  # the caller's buffers themselves, against the reference
+    error_log(case, err)
+    assert_close(case, err)
 
 
 @pytest.mark.parametrize("dtype", ["bf16", "fp8"])
 def test_cuda_graph_replay_equals_eager(dtype):
-    from mla_plugin import ops
-
+    if cases.EMULATED:
+        pytest.skip("emulated GPU: needs the CUDA runtime")
     # Small batch, long context: the captured launch includes split-KV and the combine.
     case = Case(dtype=dtype, heads=16, block_size=64, seq_lens=[5000, 70, 0], query_len=2)
     inp = make_inputs(case)
     q = inp.q
     out = torch.empty(6, 16, 512, dtype=torch.bfloat16, device="cuda")
     lse = torch.empty(6, 16, dtype=torch.float32, device="cuda")
+    fp8 = dict(fp8_math=case.math) if dtype == "fp8" else {}
 
     def step():
-        ops.mla_decode(q, inp.kv_cache, inp.block_table, inp.seq_lens, softmax_scale=SOFTMAX_SCALE,
-                       kv_scale=inp.kv_scale, query_len=2, out=out, lse=lse, return_lse=True,
-                       max_seq_len=8192)
+        cases.decode(q, inp.kv_cache, inp.block_table, inp.seq_lens, softmax_scale=SOFTMAX_SCALE,
+                     kv_scale=inp.kv_scale, query_len=2, out=out, lse=lse, return_lse=True,
+                     max_seq_len=8192, **fp8)
 
     step()  # warm-up: builds, allocates the split workspace
     torch.cuda.synchronize()
+    assert last_plan().num_splits > 1, f"the captured launch should split, the plan chose {last_plan().num_splits}"
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         step()

@@ -53,8 +53,7 @@ def _worker(rank: int, dtype: str, queue) -> None:
     out, lse = results[-1]
     err = measure(case, inp, out, lse)
     same = all(torch.equal(o, out) for o, _ in results)
-    queue.put((rank, dtype, err.max_abs, err.bound, err.lse_max_abs, err.nan_count, same,
-               str(out.device)))
+    queue.put((rank, dtype, err.problems(), same, str(out.device)))
 
 
 @pytest.mark.parametrize("dtype", ["bf16", "fp8"])
@@ -71,10 +70,10 @@ def test_two_processes_one_gpu_each_tp2_shapes(dtype):
     for p in procs:
         p.join(timeout=60)
         assert p.exitcode == 0
-    for rank, dt, max_abs, bound, lse_err, nans, same, device in sorted(results):
+    for rank, dt, problems, same, device in sorted(results):
         assert device == f"cuda:{rank}"
-        assert nans == 0 and same, f"rank {rank}: NaN {nans}, repeatable {same}"
-        assert max_abs <= bound and lse_err <= 1e-3, f"rank {rank} {dt}: {max_abs} > {bound} or lse {lse_err}"
+        assert same, f"rank {rank} {dt}: repeated launches differ"
+        assert not problems, f"rank {rank} {dt}: " + "; ".join(problems)
 
 
 def test_doctor_lists_every_gpu():

@@ -18,12 +18,35 @@ result. Argument checking is ops.mla_decode's job; this module assumes valid inp
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from mla_plugin.geometry import HEAD_DIM, LATENT_DIM, ROPE_DIM  # noqa: F401
 
+# The e4m3 opt-in path's q (csrc/decode/q_load.cuh, Q_E4M3_EXPONENT): each row scaled by a power
+# of two so its |max| lands in [2^7, 2^8), then rounded to e4m3.
+Q_E4M3_EXPONENT = 8
+
+
+def emulate_e4m3_q(q16: torch.Tensor) -> torch.Tensor:
+    """The e4m3 path's per-row quantisation of a 16-bit q, dequantised (fp32). The scale is a
+    power of two (amax = m * 2^e, m in [0.5, 1): scale 2^(e - 8)), so this reproduces the
+    kernel bit for bit; the exponent comes from the float's bits (amax is normal or 0). The
+    default FP8 math keeps q in 16 bit and needs none of this."""
+    with torch.cuda.device(q16.device) if q16.is_cuda else _nullcontext():
+        q32 = q16.to(torch.float32)
+        amax = q32.abs().amax(dim=-1, keepdim=True)
+        biased = (amax.view(torch.int32) >> 23) & 0xFF  # frexp exponent e = biased - 126
+        scale_bits = (biased - 126 - Q_E4M3_EXPONENT + 127) << 23
+        scale = torch.where(amax > 0, scale_bits.view(torch.float32), torch.ones_like(amax))
+        return (q32 / scale).to(torch.float8_e4m3fn).to(torch.float32) * scale
+
 # Gather the cache for this many fp32 elements at a time (~256 MiB) to bound memory.
 _GATHER_CHUNK_ELEMENTS = 64 * 1024 * 1024
+
+
+_nullcontext = contextlib.nullcontext
 
 
 def mla_decode_reference(

@@ -64,3 +64,12 @@ def test_python_modules_take_the_facts_from_geometry():
     assert op_checks.BLOCK_SIZES == refusals.KERNEL_BLOCK_SIZES == bench_grid.PAGE_SIZES == geometry.BLOCK_SIZES
     assert op_checks.MAX_QUERY_LEN == refusals.MAX_QUERY_LEN == bench_grid.MAX_QUERY_LEN == geometry.MAX_QUERY_LEN
     assert build.SMEM_LIMIT_BYTES == geometry.SMEM_BUDGET_BYTES
+
+
+def test_the_e4m3_q_exponent_is_the_kernels():
+    """The e4m3 path's q scaling: the kernel's constant (q_load.cuh) and the reference's."""
+    from mla_plugin import reference
+
+    text = (_paths.csrc_dir() / "decode" / "q_load.cuh").read_text()
+    m = re.search(r"constexpr int Q_E4M3_EXPONENT = (\d+);", text)
+    assert m and int(m.group(1)) == reference.Q_E4M3_EXPONENT

@@ -33,8 +33,9 @@ import torch
 
 from mla_plugin.doctor.selftest import SOFTMAX_SCALE, FP8_KV_SCALE, SelfTestCase
 from mla_plugin.geometry import HEAD_DIM, LATENT_DIM
+from mla_plugin.reference import Q_E4M3_EXPONENT as Q_FP8_EXPONENT  # noqa: F401 (tests read it here)
+from mla_plugin.reference import emulate_e4m3_q
 
-Q_FP8_EXPONENT = 8  # csrc/decode_kernel.cuh: a q row's |max| lands in [2^7, 2^8) after scaling
 SPARE_PAGES = 4  # NaN-filled pages beyond the ones requests use
 GARBAGE_COLUMNS = 2  # block-table columns past the longest request's pages
 
@@ -56,15 +57,7 @@ def e4m3_math() -> bool:
     return dispatch.resolve_fp8_math() == "e4m3"
 
 
-def emulate_kernel_q(q16: torch.Tensor) -> torch.Tensor:
-    """The kernel's per-row e4m3 quantisation of a 16-bit q, dequantised: the scale is the
-    power of two 2^(e - 8) for a row maximum m * 2^e (m in [0.5, 1)), so this is exact."""
-    q32 = q16.to(torch.float32)
-    amax = q32.abs().amax(dim=-1, keepdim=True)
-    biased = (amax.view(torch.int32) >> 23) & 0xFF  # frexp exponent e = biased - 126
-    scale_bits = (biased - 126 - Q_FP8_EXPONENT + 127) << 23
-    scale = torch.where(amax > 0, scale_bits.view(torch.float32), torch.ones_like(amax))
-    return (q32 / scale).to(torch.float8_e4m3fn).to(torch.float32) * scale
+emulate_kernel_q = emulate_e4m3_q  # the e4m3 opt-in's q, as the kernel rounds it (mla_plugin.reference)
 
 
 def build_inputs(case: SelfTestCase, device) -> CaseInputs:

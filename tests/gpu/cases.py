@@ -18,11 +18,14 @@ from dataclasses import dataclass, field
 
 import torch
 
+from mla_plugin.geometry import HEAD_DIM
+from mla_plugin.geometry import LATENT_DIM as LATENT
+from mla_plugin.geometry import ROPE_DIM as ROPE  # noqa: F401
+from mla_plugin.reference import Q_E4M3_EXPONENT as Q_FP8_EXPONENT  # noqa: F401 (tests read it here)
+from mla_plugin.reference import emulate_e4m3_q
+
 from . import bounds, coverage
 
-LATENT = 512
-ROPE = 64
-HEAD_DIM = LATENT + ROPE
 E4M3_MAX = 448.0
 SOFTMAX_SCALE = 1.0 / math.sqrt(192)  # DeepSeek: qk_nope 128 + qk_rope 64
 ELEMS = ("bf16", "fp16", "fp8")
@@ -230,20 +233,9 @@ def _make_inputs(case: Case, device: torch.device) -> Inputs:
     return Inputs(q, kv_cache, table.to(device), seq_lens, kv_scale_arg, q_scale_arg, q_caller, q_kernel)
 
 
-Q_FP8_EXPONENT = 8  # the e4m3 path: a row's |q| max lands in [2^7, 2^8)
 
 
-def emulate_kernel_q(q16: torch.Tensor) -> torch.Tensor:
-    """The e4m3 path's per-row quantisation of a 16-bit q, dequantised. The scale is a power
-    of two (amax = m * 2^e, m in [0.5, 1): scale 2^(e - 8)), so this is exact, bit for bit.
-    The exponent comes from the float's bits (amax is a normal number or 0)."""
-    with on_device(q16.device):
-        q32 = q16.to(torch.float32)
-        amax = q32.abs().amax(dim=-1, keepdim=True)
-        biased = (amax.view(torch.int32) >> 23) & 0xFF  # frexp exponent e = biased - 126
-        scale_bits = (biased - 126 - Q_FP8_EXPONENT + 127) << 23
-        scale = torch.where(amax > 0, scale_bits.view(torch.float32), torch.ones_like(amax))
-        return (q32 / scale).to(torch.float8_e4m3fn).to(torch.float32) * scale
+emulate_kernel_q = emulate_e4m3_q  # the e4m3 opt-in's q, as the kernel rounds it (mla_plugin.reference)
 
 
 @contextlib.contextmanager

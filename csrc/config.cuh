@@ -25,7 +25,6 @@ constexpr int MIN_BLOCK_SIZE = 16;  // smallest page: a tile holds at most TOKEN
 constexpr int MAX_BLOCK_SIZE = 128;
 constexpr int PANEL_CHANNELS = 64;  // one TMA box row: 128 B in BF16/FP16, 64 B in FP8
 constexpr int NUM_PANELS = HEAD_DIM / PANEL_CHANNELS;
-constexpr int NUM_V_PANELS = V_DIM / PANEL_CHANNELS;
 static_assert(HEAD_DIM % PANEL_CHANNELS == 0 && V_DIM % PANEL_CHANNELS == 0, "panel split");
 
 constexpr int SMEM_BUDGET_BYTES = 101376;  // SM12x: 99 KiB per block, used on every architecture

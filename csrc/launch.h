@@ -36,7 +36,6 @@ std::string launch_variant(const DecodeLaunch& launch, const CUtensorMap& kv_map
 
 // Facts of a compiled variant (0 if variants.def does not list it).
 int decode_smem_bytes(Elem kv, Elem q, Elem out, Elem mma, int rows_per_cta);
-int decode_threads(Elem kv, Elem q, Elem out, Elem mma, int rows_per_cta);
 int decode_tokens_per_tile(Elem kv, Elem q, Elem out, Elem mma, int rows_per_cta);
 
 // mma.sync BF16 throughput probe for the benchmark's roofline: every warp of `blocks` CTAs of

@@ -15,8 +15,10 @@ inline std::string cuda_error_text(const char* what, cudaError_t err) {
   return std::string(what) + ": " + cudaGetErrorName(err) + " (" + cudaGetErrorString(err) + ")";
 }
 
-// Function attributes are per device: remember, per kernel and size, which devices were set.
-// Tag makes one flag set per kernel (all decode kernels share one function-pointer type).
+// Function attributes are per device: remember, per kernel, which devices are set and to what.
+// Tag makes one flag set per kernel (all decode kernels share one function-pointer type). A
+// device is always set to the largest size asked for on any device so far, so a device set
+// before a larger request (SM12x residency emulation) is set again, never left short.
 template <class Tag, class Kernel>
 inline cudaError_t ensure_smem_attribute(Kernel kernel, int smem_bytes) {
   static std::atomic<uint64_t> configured{0};
@@ -25,13 +27,13 @@ inline cudaError_t ensure_smem_attribute(Kernel kernel, int smem_bytes) {
   cudaError_t err = cudaGetDevice(&device);
   if (err != cudaSuccess) return err;
   const uint64_t bit = device < 64 ? (1ull << device) : 0;
-  // a larger request (SM12x residency emulation) sets the attribute again
   if (bit && (configured.load() & bit) && configured_bytes.load() >= smem_bytes) return cudaSuccess;
-  err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes);
+  const int bytes = smem_bytes > configured_bytes.load() ? smem_bytes : configured_bytes.load();
+  err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
   if (err == cudaSuccess && bit) {
-    if (configured_bytes.load() < smem_bytes) {
-      configured.store(0);  // other devices still have the smaller limit
-      configured_bytes.store(smem_bytes);
+    if (bytes > configured_bytes.load()) {
+      configured.store(0);  // the other devices still have the smaller limit
+      configured_bytes.store(bytes);
     }
     configured.fetch_or(bit);
   }

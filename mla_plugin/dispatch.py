@@ -40,11 +40,7 @@ SM12X_RESIDENCY_ENV = "MLA_PLUGIN_SM12X_RESIDENCY"
 
 _DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float8_e4m3fn: "fp8"}
 ROWS_PER_CTA_CHOICES = tuple(sorted({v.rows for v in kernel_variants.variants()}))
-# Rows per CTA: 16, or 32 where a 16-row CTA is alone on its SM. Two 16-row CTAs (10 warps) beat
-# one 32-row CTA (9 warps) on a Hopper SM: H200 2026-12-01, B64 H64 ctx4k 300 vs 346 us (bf16),
-# 312 vs 359 us (fp8). With one CTA per SM, as on SM12x (emulated on the H200: the bench's
-# --sm12x-residency), 32 rows read each KV tile for twice the rows: B64 H64 ctx4k bf16 297 vs
-# 519 us, B64 H128 587 vs 1035.
+
 # Every variant a launch plan has chosen in this process (the GPU suite checks it ran them all).
 _launched: set[Variant] = set()
 
@@ -103,6 +99,11 @@ def plan_launch(batch: int, rows_per_request: int, facts: DeviceFacts, smem_per_
     min_tokens_per_split of the request's real length at run time, so a plan made for a
     larger max_seq_len (vLLM captures its CUDA graphs at max_model_len) does the same work
     on short requests; its extra splits find no tokens and exit before any load."""
+    # Rows per CTA: 16, or 32 where a 16-row CTA is alone on its SM. Two 16-row CTAs (10 warps)
+    # beat one 32-row CTA (9 warps) on a Hopper SM: H200 2026-12-01, B64 H64 ctx4k 300 vs 346 us
+    # (bf16), 312 vs 359 us (fp8). With one CTA per SM, as on SM12x (emulated on the H200: the
+    # bench's --sm12x-residency), 32 rows read each KV tile for twice the rows: B64 H64 ctx4k
+    # bf16 297 vs 519 us, B64 H128 587 vs 1035.
     narrow, wide = ROWS_PER_CTA_CHOICES[0], ROWS_PER_CTA_CHOICES[-1]
     narrow_alone = one_cta_per_sm or ctas_per_sm(facts, smem_per_cta_of(narrow)) == 1
     rows_per_cta = forced_rows_per_cta() or (wide if rows_per_request > narrow and narrow_alone else narrow)
@@ -254,12 +255,10 @@ def launch_plan(shape: LaunchShape) -> LaunchPlan:
     min_tiles = 1 if shape.forced_splits else max(1, int(tuning["min_tokens_per_split"]) // tokens_per_tile)
     splits = shape.forced_splits or plan.num_splits
     _launched.add(variant)
-    if splits == 1:
-        return LaunchPlan(variant, 1, min_tiles, smem, None, None)
-    device = torch.device("cuda", shape.device_index)
-    partial_out, partial_lse = workspace(device, facts, tuning)
-    capacity_ctas = partial_lse.shape[0] // plan.rows_per_cta
-    splits = max(1, min(splits, capacity_ctas // max(1, shape.batch * plan.row_tiles)))
+    if splits > 1:
+        partial_out, partial_lse = workspace(torch.device("cuda", shape.device_index), facts, tuning)
+        capacity_ctas = partial_lse.shape[0] // plan.rows_per_cta
+        splits = max(1, min(splits, capacity_ctas // max(1, shape.batch * plan.row_tiles)))
     if splits == 1:
         return LaunchPlan(variant, 1, min_tiles, smem, None, None)
     return LaunchPlan(variant, splits, min_tiles, smem, partial_out, partial_lse)

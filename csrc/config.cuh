@@ -31,6 +31,16 @@ constexpr int SMEM_BUDGET_BYTES = 101376;  // SM12x: 99 KiB per block, used on e
 constexpr int TILE_TOKENS = 32;            // KV tokens per tile, every variant (the TMA box height)
 constexpr int MAX_KV_SPLITS = 512;         // splits per request the combine merges
 
+// An FP8 cache on 16-bit MMAs whose pages hold whole tiles is loaded one TMA box per tile: a 4-D
+// view (channel, token, panel, block) whose box is the tile's 9 panels, one after the other in
+// shared memory as 9 separate boxes would land. 9 x fewer TMA operations; without it the FP8 data
+// path alone (no math) topped out at 57% of copy bandwidth on an H200 (csrc/README.md). The
+// opt-in e4m3 MMAs keep panel boxes (their sm_90 emulation has no register left for the change).
+// launch.cu (the tensor map) and the kernel both decide by this function.
+constexpr bool whole_tile_box(Elem kv, Elem mma, int block_size) {
+  return kv == Elem::E4M3 && mma != Elem::E4M3 && block_size >= TILE_TOKENS;
+}
+
 // Named barriers (bar.sync ids; 0 is __syncthreads). Each m-tile group of warps has its own.
 enum NamedBarrier : uint32_t {
   BARRIER_CONSUMERS = 1,  // every math warp: the Q staging is complete
@@ -124,6 +134,14 @@ struct DecodeConfig {
   static_assert(ACC_REGS <= 64, "accumulator budget per thread (trap 8)");
   // e4m3 P is stored as p * 2^8 so small probabilities stay normal numbers in e4m3.
   static constexpr float P_E4M3_SCALE = 256.0f;
+  // Lazy softmax max (f16 P only): a row keeps its reference max until a tile's max exceeds it
+  // by more than this many powers of two, so P reaches at most 2^8 and most tiles skip O's
+  // rescale. With the exact max the largest P is 1.0, exact in any format; with a lazy one it is
+  // rounded too: harmless in f16's 11 bits (FP8-cache error vs TRITON_MLA 0.53x either way), not
+  // in bf16's 8 (bf16 error rose to 2.2x TRITON_MLA's on the H200 grid), so bf16 keeps the exact
+  // max. e4m3 P (stored x 2^8, max 448) has no room either.
+  static constexpr float RESCALE_SLACK_LOG2 = MMA == Elem::FP16 ? 8.f : 0.f;
+  static_assert(RESCALE_SLACK_LOG2 <= 15.f, "P * 2^slack stays finite in fp16");
 
   // Q: staged once in shared memory as MMA elements ([ROWS][Q_ROW_ELEMS], padded so that the
   // fragment reads are free of bank conflicts), then held in registers for the whole CTA.
@@ -167,8 +185,12 @@ struct DecodeConfig {
   static constexpr int RING_MAX_BY_BUDGET = (SMEM_BUDGET_BYTES - FIXED_BYTES - 1024) /
                                             (PANEL_BYTES + 2 * RING_BARRIER_BYTES);
   static constexpr int RING_TILES_MAX = 4;  // deeper buys nothing: the producer is a page table read ahead
-  static constexpr int RING = RING_MAX_BY_BUDGET < RING_TILES_MAX * NUM_PANELS ? RING_MAX_BY_BUDGET
-                                                                               : RING_TILES_MAX * NUM_PANELS;
+  static constexpr int RING_BY_BUDGET = RING_MAX_BY_BUDGET < RING_TILES_MAX * NUM_PANELS ? RING_MAX_BY_BUDGET
+                                                                                         : RING_TILES_MAX * NUM_PANELS;
+  // Whole tiles where a tile can be one TMA box (whole_tile_box), so that its panels are contiguous.
+  static constexpr bool WHOLE_TILE_BOXES = CONVERT_KV;
+  static constexpr int RING = WHOLE_TILE_BOXES ? RING_BY_BUDGET / NUM_PANELS * NUM_PANELS : RING_BY_BUDGET;
+  static_assert(!WHOLE_TILE_BOXES || RING % NUM_PANELS == 0, "a ring of whole tiles");
   static_assert(RING >= 2 * NUM_PANELS, "the ring must hold two whole tiles");
   static constexpr int OFF_KV = 0;
   static constexpr int RING_BYTES = RING * PANEL_BYTES;

@@ -46,11 +46,18 @@ struct ElemOps<Elem::BF16>
 template <>
 struct ElemOps<Elem::FP16> : Elem16Ops<__half, __half2, f16x2_from_floats, f16x2_to_floats, mma_f16_16816> {};
 
-// Two e4m3 bytes (lo = bits 0-7) -> f16x2 (lo in the low half), exact: every e4m3 value is an
-// f16. One F2FP instruction on sm_89+ and SM12x.
-__device__ __forceinline__ uint32_t e4m3x2_to_f16x2(uint32_t two_bytes) {
-  const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(two_bytes & 0xffffu), __NV_E4M3);
-  return static_cast<uint32_t>(h.x) | (static_cast<uint32_t>(h.y) << 16);
+// The low (lo) or high (hi) two e4m3 bytes of a register -> f16x2 (the first byte in the low
+// half), exact: every e4m3 value is an f16. One F2FP each on sm_89+ and SM12x; the high pair is
+// read as the register's upper half (F2FP.F16.E4M3.UNPACK_B R, R.H1), with no shift.
+__device__ __forceinline__ uint32_t e4m3x2_lo_to_f16x2(uint32_t bytes) {
+  uint32_t h;
+  asm("{ .reg .b16 lo, hi; mov.b32 {lo, hi}, %1; cvt.rn.f16x2.e4m3x2 %0, lo; }" : "=r"(h) : "r"(bytes));
+  return h;
+}
+__device__ __forceinline__ uint32_t e4m3x2_hi_to_f16x2(uint32_t bytes) {
+  uint32_t h;
+  asm("{ .reg .b16 lo, hi; mov.b32 {lo, hi}, %1; cvt.rn.f16x2.e4m3x2 %0, hi; }" : "=r"(h) : "r"(bytes));
+  return h;
 }
 
 template <>

@@ -30,7 +30,9 @@ PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder(std::string* error) {
 }
 
 // The cache viewed as a 3-D tensor (channel, token in block, block). One box is 64 channels x
-// box_tokens tokens of one block; its 64-channel row is the swizzle span (traps 3 and 4).
+// box_tokens tokens of one block; its 64-channel row is the swizzle span (traps 3 and 4). Where
+// whole_tile_box() holds, a 4-D view (channel in panel, token in block, panel, block): its box is
+// a tile's 9 panels, landing in shared memory as 9 panel boxes would, one after the other.
 std::string make_kv_tensor_map(const DecodeLaunch& L, int tokens_per_tile, CUtensorMap* map) {
   std::string error;
   auto encode = tensor_map_encoder(&error);
@@ -42,16 +44,29 @@ std::string make_kv_tensor_map(const DecodeLaunch& L, int tokens_per_tile, CUten
                                                               : CU_TENSOR_MAP_DATA_TYPE_FLOAT16);
   const int block_size = L.params.block_size;
   const int box_tokens = block_size < tokens_per_tile ? block_size : tokens_per_tile;
-  const cuuint64_t dims[3] = {static_cast<cuuint64_t>(HEAD_DIM), static_cast<cuuint64_t>(block_size),
-                              static_cast<cuuint64_t>(L.num_blocks)};
-  const cuuint64_t strides[2] = {static_cast<cuuint64_t>(L.kv_stride_token * elem_bytes),
-                                 static_cast<cuuint64_t>(L.kv_stride_block * elem_bytes)};
-  const cuuint32_t box[3] = {static_cast<cuuint32_t>(PANEL_CHANNELS), static_cast<cuuint32_t>(box_tokens), 1};
-  const cuuint32_t elem_strides[3] = {1, 1, 1};
+  const cuuint64_t token_stride = static_cast<cuuint64_t>(L.kv_stride_token * elem_bytes);
+  const cuuint64_t block_stride = static_cast<cuuint64_t>(L.kv_stride_block * elem_bytes);
+  const cuuint32_t elem_strides[4] = {1, 1, 1, 1};
   const CUtensorMapSwizzle swizzle = fp8 ? CU_TENSOR_MAP_SWIZZLE_64B : CU_TENSOR_MAP_SWIZZLE_128B;
-  const CUresult res = encode(map, dtype, 3, const_cast<void*>(L.kv_cache), dims, strides, box,
-                              elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle,
-                              CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  CUresult res;
+  if (whole_tile_box(L.kv, L.mma, block_size)) {
+    const cuuint64_t dims[4] = {static_cast<cuuint64_t>(PANEL_CHANNELS), static_cast<cuuint64_t>(block_size),
+                                static_cast<cuuint64_t>(NUM_PANELS), static_cast<cuuint64_t>(L.num_blocks)};
+    const cuuint64_t strides[3] = {token_stride, static_cast<cuuint64_t>(PANEL_CHANNELS * elem_bytes), block_stride};
+    const cuuint32_t box[4] = {static_cast<cuuint32_t>(PANEL_CHANNELS), static_cast<cuuint32_t>(box_tokens),
+                               static_cast<cuuint32_t>(NUM_PANELS), 1};
+    res = encode(map, dtype, 4, const_cast<void*>(L.kv_cache), dims, strides, box, elem_strides,
+                 CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                 CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  } else {
+    const cuuint64_t dims[3] = {static_cast<cuuint64_t>(HEAD_DIM), static_cast<cuuint64_t>(block_size),
+                                static_cast<cuuint64_t>(L.num_blocks)};
+    const cuuint64_t strides[2] = {token_stride, block_stride};
+    const cuuint32_t box[3] = {static_cast<cuuint32_t>(PANEL_CHANNELS), static_cast<cuuint32_t>(box_tokens), 1};
+    res = encode(map, dtype, 3, const_cast<void*>(L.kv_cache), dims, strides, box, elem_strides,
+                 CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                 CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  }
   if (res != CUDA_SUCCESS)
     return "cuTensorMapEncodeTiled failed for kv_cache (error " + std::to_string(static_cast<int>(res)) +
            "): check its alignment (16 bytes) and strides";
@@ -59,14 +74,15 @@ std::string make_kv_tensor_map(const DecodeLaunch& L, int tokens_per_tile, CUten
 }
 
 // Encoding a tensor map is host work on every call; a serving process sees one cache tensor
-// per layer, so remember the maps by everything they encode.
+// per layer, so remember the maps by everything they encode (the 4-D view included: the same
+// cache tensor gets a 3-D map for e4m3 MMAs and a 4-D one for 16-bit MMAs).
 std::string cached_kv_tensor_map(const DecodeLaunch& L, int tokens_per_tile, CUtensorMap* map) {
-  using Key = std::tuple<const void*, int, int64_t, int, int64_t, int64_t, int>;
+  using Key = std::tuple<const void*, int, int64_t, int, int64_t, int64_t, int, bool>;
   static std::mutex mu;
   static std::map<Key, CUtensorMap> cache;
   constexpr size_t MAX_ENTRIES = 4096;
   const Key key{L.kv_cache, static_cast<int>(L.kv), L.num_blocks, L.params.block_size, L.kv_stride_block,
-                L.kv_stride_token, tokens_per_tile};
+                L.kv_stride_token, tokens_per_tile, whole_tile_box(L.kv, L.mma, L.params.block_size)};
   std::lock_guard<std::mutex> lock(mu);
   const auto it = cache.find(key);
   if (it != cache.end()) {

@@ -84,6 +84,9 @@ __global__ void __launch_bounds__(Cfg::THREADS) __maxnreg__(Cfg::MAX_REGISTERS)
   if (lane == 0) mbar_arrive(bars.q_free);  // the staging area may now take KV panels
 
   const uint32_t kv_smem = smem_addr(smem + Cfg::OFF_KV);
+  // A whole-tile TMA box (whole_tile_box): one wait (panel 0) and one release (panel 0's empty
+  // barrier, which the producer waits on) per tile; else both per panel, S-only panels early.
+  const bool per_panel = !whole_tile_box(Cfg::KV, Cfg::MMA, p.block_size);
   const int pv_panel0 = slice * Cfg::V_COLS_PER_WARP / PANEL_CHANNELS;
   auto release = [&](const RingPosition<Cfg>& ring, int pn) {
     __syncwarp();
@@ -116,13 +119,16 @@ __global__ void __launch_bounds__(Cfg::THREADS) __maxnreg__(Cfg::MAX_REGISTERS)
   for (int tile = range.begin; tile < range.end; ++tile) {
     const int tok0 = tile * Cfg::TOKENS;
     float s[Cfg::NTILES][4];
-    partial_scores<Cfg>(smem, kv_smem, bars, ring, mtile, slice, qf, s);
-    release_s_only_panels(ring);
+    partial_scores<Cfg>(smem, kv_smem, bars, ring, mtile, slice, qf, s, per_panel);
+    if (per_panel) release_s_only_panels(ring);
     softmax_tile<Cfg>(smem, warp, mtile, slice, tok0, own_limit, own_scale, s, st, group_barrier);
     rescale_output<Cfg>(acc, stats.alpha[mtile * 16 + g], stats.alpha[mtile * 16 + g + 8]);
     pv_tile<Cfg>(kv_smem, bars, ring, slice, tok0, kv_len,
-                 [&](int ks, uint32_t(&a)[4]) { p_fragment<Cfg>(smem, mtile, ks, a); }, acc);
-    release_pv_panels(ring);
+                 [&](int ks, uint32_t(&a)[4]) { p_fragment<Cfg>(smem, mtile, ks, a); }, acc, per_panel);
+    if (per_panel)
+      release_pv_panels(ring);
+    else
+      release(ring, 0);
     ring.next_tile();
   }
   epilogue<Cfg>(p, smem, b, split, geo, mtile, slice, st, kv_scale, acc, group_barrier);

@@ -1,5 +1,6 @@
 // The producer warp: one lane walks the split's tiles and issues one TMA box per (panel, page)
-// into the ring of PANEL_BYTES slots; the whole warp reads the next tile's page ids ahead.
+// into the ring of PANEL_BYTES slots, or one box per tile (whole_tile_box: FP8 on 16-bit MMAs,
+// pages of >= 32 tokens); the whole warp keeps a window of the split's page ids.
 #pragma once
 
 #include <cuda.h>
@@ -22,27 +23,58 @@ __device__ __forceinline__ void produce(const CUtensorMap* kv_map, const DecodeP
   const int box_tokens = tile_in_one_page ? Cfg::TOKENS : bs;
   const uint32_t box_bytes = static_cast<uint32_t>(box_tokens * Cfg::ROW_BYTES);
   const int32_t* table = p.block_table + static_cast<int64_t>(b) * p.block_table_stride;
+  const bool whole_tile = whole_tile_box(Cfg::KV, Cfg::MMA, bs);  // the tensor map is 4-D (launch.cu)
+  static_assert(whole_tile_box(Cfg::KV, Cfg::MMA, TILE_TOKENS) == Cfg::WHOLE_TILE_BOXES, "whole tiles in the ring");
 
-  // Lane j holds page j of a tile; pages at or past kv_len are garbage and never read.
-  auto load_pages = [&](int tile) -> int {
-    const int first_token = tile * Cfg::TOKENS + lane * bs;
-    if (lane >= pages_per_tile || first_token >= kv_len) return 0;
-    return __ldg(table + first_token / bs);
-  };
+  // The split's page ids, read a window ahead: lane j holds page `base + j` (cur) and
+  // `base + 32 + j` (nxt). A tile takes its pages by shuffle; when it starts past cur the window
+  // moves by 32 pages, so a table read has 32 pages of TMA issue to land in (the one-tile
+  // look-ahead it replaced measured the same with 9 boxes per tile; with one box per tile the
+  // loop is short enough for the read to show). Pages at or past kv_len are garbage, never read.
+  constexpr int WINDOW = 32;
+  auto read_page = [&](int page_index) -> int { return page_index * bs < kv_len ? __ldg(table + page_index) : 0; };
   if (lane == 0) tma_prefetch_descriptor(kv_map);
-  int pages_next = load_pages(range.begin);
+  int base = range.begin * Cfg::TOKENS / bs;
+  int cur = read_page(base + lane);
+  int nxt = read_page(base + WINDOW + lane);
   uint32_t slot = 0, phase = 0;
   bool q_released = false;  // the slots from Q_FIRST_SLOT on hold the Q staging until then
   for (int tile = range.begin; tile < range.end; ++tile) {
-    const int pages_cur = pages_next;
-    if (tile + 1 < range.end) pages_next = load_pages(tile + 1);  // hide the table read
     const int tok0 = tile * Cfg::TOKENS;
     const int boxes = tile_in_one_page ? 1 : min(pages_per_tile, ceil_div(kv_len - tok0, bs));
     const int in_page = tile_in_one_page ? tok0 % bs : 0;
+    const int first_page = tok0 / bs;
+    while (first_page >= base + WINDOW) {  // warp-uniform
+      cur = nxt;
+      base += WINDOW;
+      nxt = read_page(base + WINDOW + lane);
+    }
+    static_assert(Cfg::MAX_PAGES_PER_TILE <= WINDOW, "a tile's pages lie in cur and nxt");
     int page[Cfg::MAX_PAGES_PER_TILE];
 #pragma unroll
-    for (int j = 0; j < Cfg::MAX_PAGES_PER_TILE; ++j) page[j] = __shfl_sync(0xffffffffu, pages_cur, j);
-    if (lane == 0) {
+    for (int j = 0; j < Cfg::MAX_PAGES_PER_TILE; ++j) {
+      const int rel = first_page + j - base;  // < 2 * WINDOW
+      const int from_cur = __shfl_sync(0xffffffffu, cur, rel % WINDOW);
+      const int from_nxt = __shfl_sync(0xffffffffu, nxt, rel % WINDOW);
+      page[j] = rel < WINDOW ? from_cur : from_nxt;
+    }
+    if (lane == 0 && whole_tile) {
+      // One box for the tile's 9 panels, counted on panel 0's full barrier; the math warps wait
+      // for it alone and release the whole tile on panel 0's empty barrier (the other panels'
+      // barriers stay unused).
+      if (!q_released && slot + NUM_PANELS > Cfg::Q_FIRST_SLOT) {
+        mbar_wait(bars.q_free, 0);
+        q_released = true;
+      }
+      mbar_wait(bars.empty(slot), phase ^ 1);
+      mbar_arrive_expect_tx(bars.full(slot), NUM_PANELS * box_bytes);
+      tma_load_4d(kv_smem + slot * Cfg::PANEL_BYTES, kv_map, bars.full(slot), 0, in_page, 0, page[0]);
+      slot += NUM_PANELS;  // the ring holds whole tiles
+      if (slot == Cfg::RING) {
+        slot = 0;
+        phase ^= 1;
+      }
+    } else if (lane == 0) {
       for (int pn = 0; pn < NUM_PANELS; ++pn) {
         if (!q_released && slot >= Cfg::Q_FIRST_SLOT) {
           mbar_wait(bars.q_free, 0);

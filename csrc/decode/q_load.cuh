@@ -62,8 +62,8 @@ __device__ __forceinline__ void stage_q(const DecodeParams& p, uint8_t* smem, in
     for (int k = 0; k < Cfg::Q_UNITS_PER_THREAD; ++k) {
       const int u = sub + k * Cfg::Q_THREADS_PER_ROW;
       const uint2 v = valid ? *reinterpret_cast<const uint2*>(unit_src(u)) : make_uint2(0, 0);
-      *reinterpret_cast<uint4*>(unit_dst(u)) = make_uint4(e4m3x2_to_f16x2(v.x), e4m3x2_to_f16x2(v.x >> 16),
-                                                          e4m3x2_to_f16x2(v.y), e4m3x2_to_f16x2(v.y >> 16));
+      *reinterpret_cast<uint4*>(unit_dst(u)) = make_uint4(e4m3x2_lo_to_f16x2(v.x), e4m3x2_hi_to_f16x2(v.x),
+                                                          e4m3x2_lo_to_f16x2(v.y), e4m3x2_hi_to_f16x2(v.y));
     }
     row_scale *= p.q_scale_ptr ? __ldg(p.q_scale_ptr) : p.q_scale;
   } else {

@@ -32,7 +32,7 @@ __device__ __forceinline__ void scores_kstep(uint32_t k_panel, int kp, const uin
       ldmatrix_x4(k_panel + swizzle<Cfg::ROW_BYTES>(32 * h + 8 * (lane / 8) + lane % 8, kp), kb);
 #pragma unroll
       for (int i = 0; i < 4; ++i)
-        MmaOps::mma(s[4 * h + i], qa, e4m3x2_to_f16x2(kb[i]), e4m3x2_to_f16x2(kb[i] >> 16));
+        MmaOps::mma(s[4 * h + i], qa, e4m3x2_lo_to_f16x2(kb[i]), e4m3x2_hi_to_f16x2(kb[i]));
     }
   } else {
     // 16-bit elements (k16) or e4m3 into e4m3 MMAs (k32): a k-step is two 16-byte chunks.
@@ -47,17 +47,20 @@ __device__ __forceinline__ void scores_kstep(uint32_t k_panel, int kp, const uin
   }
 }
 
-// The warp's partial S of the current tile. Waits for each panel it reads. Q: the registers
+// The warp's partial S of the current tile. Waits for panel 0, then (per_panel_waits) each panel it reads. Q: the registers
 // `qf` (Q_IN_REGISTERS), else its shared-memory staging, one k-step at a time.
 template <class Cfg>
 __device__ __forceinline__ void partial_scores(const uint8_t* smem, uint32_t kv_smem, const RingBarriers<Cfg>& bars,
                                                const RingPosition<Cfg>& ring, int mtile, int slice,
                                                const uint32_t (&qf)[Cfg::S_KSTEPS_MAX][4],
-                                               float (&s)[Cfg::NTILES][4]) {
+                                               float (&s)[Cfg::NTILES][4], bool per_panel_waits) {
 #pragma unroll
   for (int j = 0; j < Cfg::NTILES; ++j)
 #pragma unroll
     for (int i = 0; i < 4; ++i) s[j][i] = 0.f;
+  // Panel 0 first: a whole-tile TMA box (whole_tile_box) counts the tile's bytes on its barrier,
+  // and then no other panel needs a wait (per_panel_waits false).
+  mbar_wait(bars.full(ring.slot_of(0)), ring.phase_of(0));
   if constexpr (!Cfg::Q_IN_REGISTERS && EMULATED_FP8_MMA) {
     // sm_90 emulates e4m3 MMA with extra registers: rolled, this stays free of spills.
 #pragma unroll 1
@@ -65,7 +68,7 @@ __device__ __forceinline__ void partial_scores(const uint8_t* smem, uint32_t kv_
       const int pn = gk / Cfg::KSTEPS_PER_PANEL;
       uint32_t qa[4];
       q_fragment<Cfg>(smem, mtile, gk, qa);
-      mbar_wait(bars.full(ring.slot_of(pn)), ring.phase_of(pn));
+      if (per_panel_waits) mbar_wait(bars.full(ring.slot_of(pn)), ring.phase_of(pn));
       scores_kstep<Cfg>(kv_smem + ring.slot_of(pn) * Cfg::PANEL_BYTES, gk % Cfg::KSTEPS_PER_PANEL, qa, s);
     }
   } else {
@@ -82,7 +85,7 @@ __device__ __forceinline__ void partial_scores(const uint8_t* smem, uint32_t kv_
       } else {
         q_fragment<Cfg>(smem, mtile, slice + Cfg::SLICES * i, qa);
       }
-      mbar_wait(bars.full(ring.slot_of(pn)), ring.phase_of(pn));
+      if (per_panel_waits) mbar_wait(bars.full(ring.slot_of(pn)), ring.phase_of(pn));
       scores_kstep<Cfg>(kv_smem + ring.slot_of(pn) * Cfg::PANEL_BYTES, slice % Cfg::KSTEPS_PER_PANEL, qa, s);
     }
   }

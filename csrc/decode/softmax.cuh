@@ -98,9 +98,12 @@ __device__ __forceinline__ void softmax_tile(uint8_t* smem, int warp, int mtile,
   float mx = fmaxf(st.m, fmaxf(fmaxf(v[0], v[1]), fmaxf(v[2], v[3])));
 #pragma unroll
   for (int off = 1; off < Cfg::LANES_PER_ROW; off *= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
-  // A row with no visible token yet keeps m = -inf: exp2 then gets 0 (and alpha 1), not NaN.
+  // Lazy max (Cfg::RESCALE_SLACK_LOG2): the row's reference max moves only when the tile's max
+  // passes it by more than the slack; then alpha is exactly 1. A row with no visible token yet
+  // keeps m = -inf: exp2 then gets 0 (and alpha 1), not NaN.
+  if (st.m != -INFINITY && (mx - st.m) * scale <= Cfg::RESCALE_SLACK_LOG2) mx = st.m;
   const float m_scaled = mx == -INFINITY ? 0.f : mx * scale;
-  const float alpha = mx == -INFINITY ? 1.f : fast_exp2((st.m - mx) * scale);
+  const float alpha = mx == st.m ? 1.f : fast_exp2((st.m - mx) * scale);
   st.m = mx;
   float p[4], sum = 0.f;
 #pragma unroll

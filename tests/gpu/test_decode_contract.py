@@ -189,3 +189,35 @@ def test_cuda_graph_replay_equals_eager(dtype):
         assert torch.equal(graph_out[i], eager_out[i]), f"replay {i}: output differs from eager"
         assert torch.equal(graph_lse[i], eager_lse[i]), f"replay {i}: lse differs from eager"
     assert not torch.isnan(torch.stack(graph_out)).any()
+
+
+@pytest.mark.parametrize("splits", ["1", None])
+@pytest.mark.parametrize("dtype", ["fp16", "fp8", "bf16"])
+def test_running_max_jumps_far_past_the_lazy_slack_mid_sequence(dtype, splits, error_log, monkeypatch):
+    # Keys along head 0's query at tokens 700, 1500, 2300 and 3500: its score jumps there by
+    # 12-48 powers of two over everything before, far past the lazy max's slack (2^8, f16 P), after
+    # O has accumulated: the reference max must move and O be rescaled mid-sequence, in one CTA
+    # (splits 1) and in the plan's splits. The other heads see ordinary keys.
+    from mla_plugin import dispatch
+
+    if splits:
+        monkeypatch.setenv(dispatch.SPLITS_ENV, splits)
+    case = Case(dtype=dtype, heads=16, block_size=64, seq_lens=[4000, 2500], query_len=1,
+                kv_scale=0.25 if dtype == "fp8" else 1.0)
+    inp = make_inputs(case)
+    q0 = inp.q_caller[0, 0]  # request 0's token, head 0 (fp32)
+    direction = q0 / q0.norm()
+    log2e = 1.4426950408889634
+    for token, jump in ((700, 12.0), (1500, 24.0), (2300, 36.0), (3500, 48.0)):
+        # score = |q0| * alpha * SOFTMAX_SCALE (natural units): alpha for `jump` powers of two
+        alpha = jump / (float(q0.norm()) * SOFTMAX_SCALE * log2e)
+        page = int(inp.block_table[0, token // case.block_size])
+        key = direction * alpha / case.kv_scale  # stored value (fp8: times 1 / kv_scale)
+        inp.kv_cache[page, token % case.block_size] = key.to(inp.kv_cache.dtype)
+    out, lse = run_op(case, inp)
+    err = measure(case, inp, out, lse)
+    error_log(case, err)
+    assert_close(case, err)
+    # Head 0 of request 0 ends up on the last, largest key's value: far from the others' mix.
+    last = inp.kv_cache[int(inp.block_table[0, 3500 // 64]), 3500 % 64, :512].float() * case.kv_scale
+    assert torch.allclose(out[0, 0].float(), last, rtol=0.02, atol=0.02)

@@ -87,6 +87,7 @@ def main() -> int:
     ap.add_argument("--kernels", action="store_true")
     ap.add_argument("--modes", default="eager,graph")
     ap.add_argument("--header", action="store_true")
+    ap.add_argument("--page", type=int, default=64, help="block size of the paged cache")
     ap.add_argument("--tuning", default="", help="override tuning keys, e.g. min_tokens_per_split=32,max_splits=256")
     args = ap.parse_args()
     from mla_plugin import configs, ops
@@ -103,7 +104,7 @@ def main() -> int:
     for s in shapes:
         b, h, ctx = parse(s)
         for dtype in args.dtypes.split(","):
-            q, kv, table, lens, scale = inputs(b, h, ctx, dtype)
+            q, kv, table, lens, scale = inputs(b, h, ctx, dtype, page=args.page)
             out = torch.empty(b, h, 512, dtype=torch.bfloat16, device="cuda")
             lse = torch.empty(b, h, dtype=torch.float32, device="cuda")
             for mode in args.modes.split(","):

@@ -47,8 +47,9 @@ __device__ __forceinline__ void scores_kstep(uint32_t k_panel, int kp, const uin
   }
 }
 
-// The warp's partial S of the current tile. Waits for panel 0, then (per_panel_waits) each panel it reads. Q: the registers
-// `qf` (Q_IN_REGISTERS), else its shared-memory staging, one k-step at a time.
+// The warp's partial S of the current tile. Waits for panel 0, then (per_panel_waits) for each
+// panel it reads. Q: the registers `qf` (Q_IN_REGISTERS), else its shared-memory staging, one
+// k-step at a time.
 template <class Cfg>
 __device__ __forceinline__ void partial_scores(const uint8_t* smem, uint32_t kv_smem, const RingBarriers<Cfg>& bars,
                                                const RingPosition<Cfg>& ring, int mtile, int slice,

@@ -188,7 +188,7 @@ struct DecodeConfig {
   static constexpr int RING_BY_BUDGET = RING_MAX_BY_BUDGET < RING_TILES_MAX * NUM_PANELS ? RING_MAX_BY_BUDGET
                                                                                          : RING_TILES_MAX * NUM_PANELS;
   // Whole tiles where a tile can be one TMA box (whole_tile_box), so that its panels are contiguous.
-  static constexpr bool WHOLE_TILE_BOXES = CONVERT_KV;
+  static constexpr bool WHOLE_TILE_BOXES = whole_tile_box(KV, MMA, TILE_TOKENS);
   static constexpr int RING = WHOLE_TILE_BOXES ? RING_BY_BUDGET / NUM_PANELS * NUM_PANELS : RING_BY_BUDGET;
   static_assert(!WHOLE_TILE_BOXES || RING % NUM_PANELS == 0, "a ring of whole tiles");
   static_assert(RING >= 2 * NUM_PANELS, "the ring must hold two whole tiles");

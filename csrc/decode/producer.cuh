@@ -24,7 +24,6 @@ __device__ __forceinline__ void produce(const CUtensorMap* kv_map, const DecodeP
   const uint32_t box_bytes = static_cast<uint32_t>(box_tokens * Cfg::ROW_BYTES);
   const int32_t* table = p.block_table + static_cast<int64_t>(b) * p.block_table_stride;
   const bool whole_tile = whole_tile_box(Cfg::KV, Cfg::MMA, bs);  // the tensor map is 4-D (launch.cu)
-  static_assert(whole_tile_box(Cfg::KV, Cfg::MMA, TILE_TOKENS) == Cfg::WHOLE_TILE_BOXES, "whole tiles in the ring");
 
   // The split's page ids, read a window ahead: lane j holds page `base + j` (cur) and
   // `base + 32 + j` (nxt). A tile takes its pages by shuffle; when it starts past cur the window

@@ -17,6 +17,7 @@
 #include <cuda.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "../config.cuh"
 #include "../params.h"
@@ -84,22 +85,10 @@ __global__ void __launch_bounds__(Cfg::THREADS) __maxnreg__(Cfg::MAX_REGISTERS)
   if (lane == 0) mbar_arrive(bars.q_free);  // the staging area may now take KV panels
 
   const uint32_t kv_smem = smem_addr(smem + Cfg::OFF_KV);
-  // A whole-tile TMA box (whole_tile_box): one wait (panel 0) and one release (panel 0's empty
-  // barrier, which the producer waits on) per tile; else both per panel, S-only panels early.
-  const bool per_panel = !whole_tile_box(Cfg::KV, Cfg::MMA, p.block_size);
   const int pv_panel0 = slice * Cfg::V_COLS_PER_WARP / PANEL_CHANNELS;
   auto release = [&](const RingPosition<Cfg>& ring, int pn) {
     __syncwarp();
     if (lane == 0) mbar_arrive(bars.empty(ring.slot_of(pn)));
-  };
-  auto release_s_only_panels = [&](const RingPosition<Cfg>& ring) {
-#pragma unroll
-    for (int pn = 0; pn < NUM_PANELS; ++pn)
-      if (pn < pv_panel0 || pn >= pv_panel0 + Cfg::PV_PANELS_PER_WARP) release(ring, pn);
-  };
-  auto release_pv_panels = [&](const RingPosition<Cfg>& ring) {
-#pragma unroll
-    for (int i = 0; i < Cfg::PV_PANELS_PER_WARP; ++i) release(ring, pv_panel0 + i);
   };
 
   float acc[Cfg::PV_NTILES][4];
@@ -107,7 +96,6 @@ __global__ void __launch_bounds__(Cfg::THREADS) __maxnreg__(Cfg::MAX_REGISTERS)
   for (int nt = 0; nt < Cfg::PV_NTILES; ++nt)
 #pragma unroll
     for (int i = 0; i < 4; ++i) acc[nt][i] = 0.f;
-  RingPosition<Cfg> ring;
   const RowStats stats = row_stats<Cfg>(smem);
 
   // The row this lane's softmax owns.
@@ -116,20 +104,42 @@ __global__ void __launch_bounds__(Cfg::THREADS) __maxnreg__(Cfg::MAX_REGISTERS)
   const float own_scale = stats.scale[own_row];
   const int g = lane / 4;
   RowSoftmax st;
-  for (int tile = range.begin; tile < range.end; ++tile) {
-    const int tok0 = tile * Cfg::TOKENS;
-    float s[Cfg::NTILES][4];
-    partial_scores<Cfg>(smem, kv_smem, bars, ring, mtile, slice, qf, s, per_panel);
-    if (per_panel) release_s_only_panels(ring);
-    softmax_tile<Cfg>(smem, warp, mtile, slice, tok0, own_limit, own_scale, s, st, group_barrier);
-    rescale_output<Cfg>(acc, stats.alpha[mtile * 16 + g], stats.alpha[mtile * 16 + g + 8]);
-    pv_tile<Cfg>(kv_smem, bars, ring, slice, tok0, kv_len,
-                 [&](int ks, uint32_t(&a)[4]) { p_fragment<Cfg>(smem, mtile, ks, a); }, acc, per_panel);
-    if (per_panel)
-      release_pv_panels(ring);
+  // PER_PANEL: a wait and a release per panel (S-only panels released early); else the tile is
+  // one TMA box (whole_tile_box): one wait (panel 0) and one release (panel 0's empty barrier,
+  // which the producer waits on) per tile. A compile-time choice: a runtime flag put a branch
+  // between the S loop's k-steps, and no shared-memory load was hoisted across it.
+  auto tile_loop = [&](auto per_panel_tag) {
+    constexpr bool PER_PANEL = decltype(per_panel_tag)::value;
+    RingPosition<Cfg> ring;
+    for (int tile = range.begin; tile < range.end; ++tile) {
+      const int tok0 = tile * Cfg::TOKENS;
+      float s[Cfg::NTILES][4];
+      partial_scores<Cfg, PER_PANEL>(smem, kv_smem, bars, ring, mtile, slice, qf, s);
+      if constexpr (PER_PANEL) {
+#pragma unroll
+        for (int pn = 0; pn < NUM_PANELS; ++pn)
+          if (pn < pv_panel0 || pn >= pv_panel0 + Cfg::PV_PANELS_PER_WARP) release(ring, pn);
+      }
+      softmax_tile<Cfg>(smem, warp, mtile, slice, tok0, own_limit, own_scale, s, st, group_barrier);
+      rescale_output<Cfg>(acc, stats.alpha[mtile * 16 + g], stats.alpha[mtile * 16 + g + 8]);
+      pv_tile<Cfg, PER_PANEL>(kv_smem, bars, ring, slice, tok0, kv_len,
+                              [&](int ks, uint32_t(&a)[4]) { p_fragment<Cfg>(smem, mtile, ks, a); }, acc);
+      if constexpr (PER_PANEL) {
+#pragma unroll
+        for (int i = 0; i < Cfg::PV_PANELS_PER_WARP; ++i) release(ring, pv_panel0 + i);
+      } else {
+        release(ring, 0);
+      }
+      ring.next_tile();
+    }
+  };
+  if constexpr (Cfg::WHOLE_TILE_BOXES) {
+    if (whole_tile_box(Cfg::KV, Cfg::MMA, p.block_size))
+      tile_loop(std::false_type{});
     else
-      release(ring, 0);
-    ring.next_tile();
+      tile_loop(std::true_type{});
+  } else {
+    tile_loop(std::true_type{});
   }
   epilogue<Cfg>(p, smem, b, split, geo, mtile, slice, st, kv_scale, acc, group_barrier);
 }

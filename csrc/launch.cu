@@ -48,25 +48,24 @@ std::string make_kv_tensor_map(const DecodeLaunch& L, int tokens_per_tile, CUten
   const cuuint64_t block_stride = static_cast<cuuint64_t>(L.kv_stride_block * elem_bytes);
   const cuuint32_t elem_strides[4] = {1, 1, 1, 1};
   const CUtensorMapSwizzle swizzle = fp8 ? CU_TENSOR_MAP_SWIZZLE_64B : CU_TENSOR_MAP_SWIZZLE_128B;
-  CUresult res;
-  if (whole_tile_box(L.kv, L.mma, block_size)) {
-    const cuuint64_t dims[4] = {static_cast<cuuint64_t>(PANEL_CHANNELS), static_cast<cuuint64_t>(block_size),
-                                static_cast<cuuint64_t>(NUM_PANELS), static_cast<cuuint64_t>(L.num_blocks)};
-    const cuuint64_t strides[3] = {token_stride, static_cast<cuuint64_t>(PANEL_CHANNELS * elem_bytes), block_stride};
-    const cuuint32_t box[4] = {static_cast<cuuint32_t>(PANEL_CHANNELS), static_cast<cuuint32_t>(box_tokens),
-                               static_cast<cuuint32_t>(NUM_PANELS), 1};
-    res = encode(map, dtype, 4, const_cast<void*>(L.kv_cache), dims, strides, box, elem_strides,
-                 CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                 CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  } else {
-    const cuuint64_t dims[3] = {static_cast<cuuint64_t>(HEAD_DIM), static_cast<cuuint64_t>(block_size),
-                                static_cast<cuuint64_t>(L.num_blocks)};
-    const cuuint64_t strides[2] = {token_stride, block_stride};
-    const cuuint32_t box[3] = {static_cast<cuuint32_t>(PANEL_CHANNELS), static_cast<cuuint32_t>(box_tokens), 1};
-    res = encode(map, dtype, 3, const_cast<void*>(L.kv_cache), dims, strides, box, elem_strides,
-                 CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                 CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  // 3-D (channel, token, block); for whole tiles 4-D, the channel dimension split into
+  // (channel in panel, panel). The arrays hold the larger rank.
+  const bool whole_tile = whole_tile_box(L.kv, L.mma, block_size);
+  const cuuint32_t rank = whole_tile ? 4 : 3;
+  cuuint64_t dims[4] = {static_cast<cuuint64_t>(HEAD_DIM), static_cast<cuuint64_t>(block_size),
+                        static_cast<cuuint64_t>(L.num_blocks), 1};
+  cuuint64_t strides[3] = {token_stride, block_stride, block_stride};
+  cuuint32_t box[4] = {static_cast<cuuint32_t>(PANEL_CHANNELS), static_cast<cuuint32_t>(box_tokens), 1, 1};
+  if (whole_tile) {
+    dims[0] = PANEL_CHANNELS;
+    dims[2] = NUM_PANELS;
+    dims[3] = static_cast<cuuint64_t>(L.num_blocks);
+    strides[1] = static_cast<cuuint64_t>(PANEL_CHANNELS * elem_bytes);
+    box[2] = NUM_PANELS;
   }
+  const CUresult res = encode(map, dtype, rank, const_cast<void*>(L.kv_cache), dims, strides, box, elem_strides,
+                              CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                              CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   if (res != CUDA_SUCCESS)
     return "cuTensorMapEncodeTiled failed for kv_cache (error " + std::to_string(static_cast<int>(res)) +
            "): check its alignment (16 bytes) and strides";

@@ -57,34 +57,37 @@ __device__ __forceinline__ void produce(const CUtensorMap* kv_map, const DecodeP
       const int from_nxt = __shfl_sync(0xffffffffu, nxt, rel % WINDOW);
       page[j] = rel < WINDOW ? from_cur : from_nxt;
     }
-    if (lane == 0) {
-      // The tile's fill units: one box for its 9 panels (whole_tile), counted on panel 0's full
-      // barrier, on which the math warps wait for it alone; they release the whole tile on panel
-      // 0's empty barrier (the other panels' barriers stay unused). Else 9 panels of one box per
-      // page, each with its own barriers. The ring holds whole tiles in the first case, so the
-      // slot wraps at the same place in both.
-      const int units = whole_tile ? 1 : NUM_PANELS;
-      const uint32_t unit_slots = whole_tile ? NUM_PANELS : 1;
-      const uint32_t unit_bytes = (whole_tile ? NUM_PANELS : boxes) * box_bytes;
-      for (int pn = 0; pn < units; ++pn) {
-        if (!q_released && slot + unit_slots > Cfg::Q_FIRST_SLOT) {
+    if (lane == 0 && whole_tile) {
+      // One box for the tile's 9 panels, counted on panel 0's full barrier; the math warps wait
+      // for it alone and release the whole tile on panel 0's empty barrier (the other panels'
+      // barriers stay unused).
+      if (!q_released && slot + NUM_PANELS > Cfg::Q_FIRST_SLOT) {
+        mbar_wait(bars.q_free, 0);
+        q_released = true;
+      }
+      mbar_wait(bars.empty(slot), phase ^ 1);
+      mbar_arrive_expect_tx(bars.full(slot), NUM_PANELS * box_bytes);
+      tma_load_4d(kv_smem + slot * Cfg::PANEL_BYTES, kv_map, bars.full(slot), 0, in_page, 0, page[0]);
+      slot += NUM_PANELS;  // the ring holds whole tiles
+      if (slot == Cfg::RING) {
+        slot = 0;
+        phase ^= 1;
+      }
+    } else if (lane == 0) {
+      for (int pn = 0; pn < NUM_PANELS; ++pn) {
+        if (!q_released && slot >= Cfg::Q_FIRST_SLOT) {
           mbar_wait(bars.q_free, 0);
           q_released = true;
         }
         mbar_wait(bars.empty(slot), phase ^ 1);
-        mbar_arrive_expect_tx(bars.full(slot), unit_bytes);
-        if (whole_tile) {
-          tma_load_4d(kv_smem + slot * Cfg::PANEL_BYTES, kv_map, bars.full(slot), 0, in_page, 0, page[0]);
-        } else {
+        mbar_arrive_expect_tx(bars.full(slot), boxes * box_bytes);
 #pragma unroll
-          for (int j = 0; j < Cfg::MAX_PAGES_PER_TILE; ++j) {
-            if (j < boxes)
-              tma_load_3d(kv_smem + slot * Cfg::PANEL_BYTES + j * box_bytes, kv_map, bars.full(slot),
-                          pn * PANEL_CHANNELS, in_page, page[j]);
-          }
+        for (int j = 0; j < Cfg::MAX_PAGES_PER_TILE; ++j) {
+          if (j < boxes)
+            tma_load_3d(kv_smem + slot * Cfg::PANEL_BYTES + j * box_bytes, kv_map, bars.full(slot),
+                        pn * PANEL_CHANNELS, in_page, page[j]);
         }
-        slot += unit_slots;
-        if (slot == Cfg::RING) {
+        if (++slot == Cfg::RING) {
           slot = 0;
           phase ^= 1;
         }

@@ -87,7 +87,8 @@ __device__ __forceinline__ void pv_tile_body(uint32_t kv_smem, const RingPositio
 #pragma unroll
       for (int gi = 0; gi < Cfg::PV_GROUPS; ++gi) {
         const int col = col0 + 16 * gi;
-        const uint32_t v_panel = kv_smem + ring.template panel_slot<!PER_PANEL>(col / PANEL_CHANNELS) * Cfg::PANEL_BYTES;
+        const uint32_t v_panel =
+            kv_smem + ring.template panel_slot<!PER_PANEL>(col / PANEL_CHANNELS) * Cfg::PANEL_BYTES;
         uint32_t vb[2];
         ldmatrix_x2_trans(v_panel + swizzle<Cfg::ROW_BYTES>(16 * ks + 8 * ((lane / 8) % 2) + lane % 8,
                                                             (col % PANEL_CHANNELS) / 16),
@@ -113,7 +114,8 @@ __device__ __forceinline__ void pv_tile_body(uint32_t kv_smem, const RingPositio
 #pragma unroll
       for (int gi = 0; gi < Cfg::PV_GROUPS; ++gi) {
         const int col = col0 + 16 * gi;
-        const uint32_t v_panel = kv_smem + ring.template panel_slot<!PER_PANEL>(col / PANEL_CHANNELS) * Cfg::PANEL_BYTES;
+        const uint32_t v_panel =
+            kv_smem + ring.template panel_slot<!PER_PANEL>(col / PANEL_CHANNELS) * Cfg::PANEL_BYTES;
         uint32_t vb[4], b_even[2], b_odd[2];
         if constexpr (Cfg::E4M3_MMA) {
           // matrices = tokens 32ks + 8i.., one 16-channel chunk; bytes regrouped by prmt.

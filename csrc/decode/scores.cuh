@@ -48,8 +48,8 @@ __device__ __forceinline__ void scores_kstep(uint32_t k_panel, int kp, const uin
 }
 
 // The warp's partial S of the current tile. Waits for each panel it reads (PER_PANEL), else
-// once, for panel 0 (a whole-tile TMA box counts the tile's bytes on panel 0's barrier). Q: the registers `qf` (Q_IN_REGISTERS), else its shared-memory staging, one
-// k-step at a time.
+// once, for panel 0 (a whole-tile TMA box counts the tile's bytes on panel 0's barrier). Q: the
+// registers `qf` (Q_IN_REGISTERS), else its shared-memory staging, one k-step at a time.
 template <class Cfg, bool PER_PANEL>
 __device__ __forceinline__ void partial_scores(const uint8_t* smem, uint32_t kv_smem, const RingBarriers<Cfg>& bars,
                                                const RingPosition<Cfg>& ring, int mtile, int slice,
@@ -68,7 +68,8 @@ __device__ __forceinline__ void partial_scores(const uint8_t* smem, uint32_t kv_
       uint32_t qa[4];
       q_fragment<Cfg>(smem, mtile, gk, qa);
       if constexpr (PER_PANEL) mbar_wait(bars.full(ring.slot_of(pn)), ring.phase_of(pn));
-      scores_kstep<Cfg>(kv_smem + ring.template panel_slot<!PER_PANEL>(pn) * Cfg::PANEL_BYTES, gk % Cfg::KSTEPS_PER_PANEL, qa, s);
+      const uint32_t k_panel = kv_smem + ring.template panel_slot<!PER_PANEL>(pn) * Cfg::PANEL_BYTES;
+      scores_kstep<Cfg>(k_panel, gk % Cfg::KSTEPS_PER_PANEL, qa, s);
     }
   } else {
     // Unrolled: panel and chunk offsets become constants (and Q stays in registers).
@@ -85,7 +86,8 @@ __device__ __forceinline__ void partial_scores(const uint8_t* smem, uint32_t kv_
         q_fragment<Cfg>(smem, mtile, slice + Cfg::SLICES * i, qa);
       }
       if constexpr (PER_PANEL) mbar_wait(bars.full(ring.slot_of(pn)), ring.phase_of(pn));
-      scores_kstep<Cfg>(kv_smem + ring.template panel_slot<!PER_PANEL>(pn) * Cfg::PANEL_BYTES, slice % Cfg::KSTEPS_PER_PANEL, qa, s);
+      const uint32_t k_panel = kv_smem + ring.template panel_slot<!PER_PANEL>(pn) * Cfg::PANEL_BYTES;
+      scores_kstep<Cfg>(k_panel, slice % Cfg::KSTEPS_PER_PANEL, qa, s);
     }
   }
 }

@@ -34,7 +34,7 @@ def emulate_e4m3_q(q16: torch.Tensor) -> torch.Tensor:
     power of two (amax = m * 2^e, m in [0.5, 1): scale 2^(e - 8)), so this reproduces the
     kernel bit for bit; the exponent comes from the float's bits (amax is normal or 0). The
     default FP8 math keeps q in 16 bit and needs none of this."""
-    with torch.cuda.device(q16.device) if q16.is_cuda else _nullcontext():
+    with torch.cuda.device(q16.device) if q16.is_cuda else contextlib.nullcontext():
         q32 = q16.to(torch.float32)
         amax = q32.abs().amax(dim=-1, keepdim=True)
         biased = (amax.view(torch.int32) >> 23) & 0xFF  # frexp exponent e = biased - 126
@@ -44,9 +44,6 @@ def emulate_e4m3_q(q16: torch.Tensor) -> torch.Tensor:
 
 # Gather the cache for this many fp32 elements at a time (~256 MiB) to bound memory.
 _GATHER_CHUNK_ELEMENTS = 64 * 1024 * 1024
-
-
-_nullcontext = contextlib.nullcontext
 
 
 def mla_decode_reference(

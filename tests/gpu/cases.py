@@ -233,8 +233,6 @@ def _make_inputs(case: Case, device: torch.device) -> Inputs:
     return Inputs(q, kv_cache, table.to(device), seq_lens, kv_scale_arg, q_scale_arg, q_caller, q_kernel)
 
 
-
-
 emulate_kernel_q = emulate_e4m3_q  # the e4m3 opt-in's q, as the kernel rounds it (mla_plugin.reference)
 
 

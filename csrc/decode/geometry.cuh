@@ -11,24 +11,15 @@ __host__ __device__ constexpr int ceil_div(int a, int b) { return (a + b - 1) / 
 
 constexpr float LN2 = 0.6931471805599453f;
 
-struct RowGeometry {
+// Which q / out rows a CTA's query rows are: known from the launch alone, before any read.
+struct RowIndex {
   int row_tile;
   int rows_per_request;
   int num_heads;
   int query_len;
-  int seq_len;  // as given (used by the causal offset)
-  int kv_len;   // seq_len clamped to the block table
-  bool causal;
 
   __device__ __forceinline__ bool valid(int row_local, int rows) const {
     return row_tile * rows + row_local < rows_per_request;
-  }
-  // Number of KV tokens the row may attend to (padding rows: kv_len, their output is dropped).
-  __device__ __forceinline__ int limit(int row_local, int rows) const {
-    const int rg = row_tile * rows + row_local;
-    if (rg >= rows_per_request || !causal) return kv_len;
-    const int t = rg / num_heads;
-    return max(0, min(kv_len, seq_len - query_len + 1 + t));
   }
   // (token, head) of a row of the tile: token indexes q / out rows, head their second dim.
   __device__ __forceinline__ int64_t token(int b, int row_local, int rows) const {
@@ -36,6 +27,21 @@ struct RowGeometry {
   }
   __device__ __forceinline__ int head(int row_local, int rows) const {
     return (row_tile * rows + row_local) % num_heads;
+  }
+};
+
+// ... and how far each row may look, once the request's length is read.
+struct RowGeometry : RowIndex {
+  int seq_len;  // as given (used by the causal offset)
+  int kv_len;   // seq_len clamped to the block table
+  bool causal;
+
+  // Number of KV tokens the row may attend to (padding rows: kv_len, their output is dropped).
+  __device__ __forceinline__ int limit(int row_local, int rows) const {
+    const int rg = row_tile * rows + row_local;
+    if (rg >= rows_per_request || !causal) return kv_len;
+    const int t = rg / num_heads;
+    return max(0, min(kv_len, seq_len - query_len + 1 + t));
   }
 };
 

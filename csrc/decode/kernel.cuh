@@ -44,10 +44,16 @@ __global__ void __launch_bounds__(Cfg::THREADS) __maxnreg__(Cfg::MAX_REGISTERS)
   const int warp = threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
 
+  // The math warps read their q first: that read then overlaps the seq_lens read below instead
+  // of waiting for it (the producer warp reads no q).
+  const RowIndex rows{row_tile, p.rows_per_request, p.num_heads, p.query_len};
+  QUnits<Cfg> q_units{};
+  if (warp < Cfg::CONSUMER_WARPS) q_units = load_q_units<Cfg>(p, b, rows);
+
   const int seq_len = __ldg(p.seq_lens + b);
   const int kv_len = max(0, min(seq_len, p.max_blocks * p.block_size));
   const SplitRange range = split_range(ceil_div(kv_len, Cfg::TOKENS), p.num_splits, p.min_tiles_per_split, split);
-  const RowGeometry geo{row_tile, p.rows_per_request, p.num_heads, p.query_len, seq_len, kv_len, p.causal != 0};
+  const RowGeometry geo{rows, seq_len, kv_len, p.causal != 0};
 
   if (range.empty()) {  // no tokens: no barrier, no load
     if (warp < Cfg::CONSUMER_WARPS) write_empty_rows<Cfg>(p, b, geo, split);
@@ -73,7 +79,7 @@ __global__ void __launch_bounds__(Cfg::THREADS) __maxnreg__(Cfg::MAX_REGISTERS)
 
   // ---------------------------------------------------------------- math warps
   const float kv_scale = p.kv_scale_ptr ? __ldg(p.kv_scale_ptr) : p.kv_scale;
-  stage_q<Cfg>(p, smem, b, geo, kv_scale);
+  stage_q<Cfg>(p, smem, q_units, kv_scale);
   named_barrier_sync(BARRIER_CONSUMERS, Cfg::CONSUMER_THREADS);
 
   const int mtile = static_cast<unsigned>(warp) / Cfg::SLICES;  // this warp's 16 rows

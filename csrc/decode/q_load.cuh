@@ -23,23 +23,51 @@ __device__ __forceinline__ float2 pow2_row_scale(float amax, int target_exponent
   return make_float2(ldexpf(1.f, target_exponent - exponent), ldexpf(1.f, exponent - target_exponent));
 }
 
-// Stage the tile's rows: row r at OFF_Q + r * Q_ROW_BYTES, channel c at c * MMA_BYTES. Writes the
-// per-row softmax scale (log2 units, q and kv dequantisation folded in) to the row stats.
+// A thread's share of its q row (units k = sub + Q_THREADS_PER_ROW k of 8 channels: 16 bytes
+// of 16-bit q, or the low 8 of e4m3 q; zeros for a padding row), read straight from global
+// memory at the kernel's start: the read then overlaps the request's seq_lens read instead of
+// following it (csrc/README.md: Q was staged only ~5 us after the CTA started).
 template <class Cfg>
-__device__ __forceinline__ void stage_q(const DecodeParams& p, uint8_t* smem, int b, const RowGeometry& geo,
-                                        float kv_scale) {
-  using QOps = ElemOps<Cfg::QIN>;
-  using QT = typename QOps::storage;
-  const int tid = threadIdx.x;
-  const int row = tid / Cfg::Q_THREADS_PER_ROW;
-  const int sub = tid % Cfg::Q_THREADS_PER_ROW;
-  const bool valid = geo.valid(row, Cfg::ROWS);
-  const int64_t token = valid ? geo.token(b, row, Cfg::ROWS) : 0;
-  const int h = valid ? geo.head(row, Cfg::ROWS) : 0;
+struct QUnits {
+  uint4 v[Cfg::Q_UNITS_PER_THREAD];
+};
+
+template <class Cfg>
+__device__ __forceinline__ QUnits<Cfg> load_q_units(const DecodeParams& p, int b, const RowIndex& rows) {
+  using QT = typename ElemOps<Cfg::QIN>::storage;
+  const int row = threadIdx.x / Cfg::Q_THREADS_PER_ROW;
+  const int sub = threadIdx.x % Cfg::Q_THREADS_PER_ROW;
+  const bool valid = rows.valid(row, Cfg::ROWS);
+  const int64_t token = valid ? rows.token(b, row, Cfg::ROWS) : 0;
+  const int h = valid ? rows.head(row, Cfg::ROWS) : 0;
   const QT* nope = static_cast<const QT*>(p.q_nope) + token * p.q_nope_stride_t + h * p.q_nope_stride_h;
   const QT* pe = static_cast<const QT*>(p.q_pe) + token * p.q_pe_stride_t + h * p.q_pe_stride_h;
   constexpr int NOPE_UNITS = V_DIM / 8;
-  auto unit_src = [&](int u) { return u < NOPE_UNITS ? nope + 8 * u : pe + 8 * (u - NOPE_UNITS); };
+  QUnits<Cfg> units;
+#pragma unroll
+  for (int k = 0; k < Cfg::Q_UNITS_PER_THREAD; ++k) {
+    const int u = sub + k * Cfg::Q_THREADS_PER_ROW;
+    const QT* src = u < NOPE_UNITS ? nope + 8 * u : pe + 8 * (u - NOPE_UNITS);
+    if constexpr (ElemInfo<Cfg::QIN>::BYTES == 2) {
+      units.v[k] = valid ? *reinterpret_cast<const uint4*>(src) : make_uint4(0, 0, 0, 0);
+    } else {
+      const uint2 w = valid ? *reinterpret_cast<const uint2*>(src) : make_uint2(0, 0);
+      units.v[k] = make_uint4(w.x, w.y, 0, 0);
+    }
+  }
+  return units;
+}
+
+// Stage the tile's rows from the units: row r at OFF_Q + r * Q_ROW_BYTES, channel c at
+// c * MMA_BYTES. Writes the per-row softmax scale (log2 units, q and kv dequantisation folded
+// in) to the row stats.
+template <class Cfg>
+__device__ __forceinline__ void stage_q(const DecodeParams& p, uint8_t* smem, const QUnits<Cfg>& units,
+                                        float kv_scale) {
+  using QOps = ElemOps<Cfg::QIN>;
+  const int tid = threadIdx.x;
+  const int row = tid / Cfg::Q_THREADS_PER_ROW;
+  const int sub = tid % Cfg::Q_THREADS_PER_ROW;
   uint8_t* q_row = smem + Cfg::OFF_Q + row * Cfg::Q_ROW_BYTES;
   auto unit_dst = [&](int u) { return q_row + 8 * u * Cfg::MMA_BYTES; };  // unit u = channels [8u, 8u+8)
 
@@ -50,9 +78,9 @@ __device__ __forceinline__ void stage_q(const DecodeParams& p, uint8_t* smem, in
     for (int k = 0; k < Cfg::Q_UNITS_PER_THREAD; ++k) {
       const int u = sub + k * Cfg::Q_THREADS_PER_ROW;
       if constexpr (ElemInfo<Cfg::QIN>::BYTES == 2) {
-        *reinterpret_cast<uint4*>(unit_dst(u)) = valid ? *reinterpret_cast<const uint4*>(unit_src(u)) : make_uint4(0, 0, 0, 0);
+        *reinterpret_cast<uint4*>(unit_dst(u)) = units.v[k];
       } else {
-        *reinterpret_cast<uint2*>(unit_dst(u)) = valid ? *reinterpret_cast<const uint2*>(unit_src(u)) : make_uint2(0, 0);
+        *reinterpret_cast<uint2*>(unit_dst(u)) = make_uint2(units.v[k].x, units.v[k].y);
       }
     }
     if constexpr (Cfg::Q_IS_FP8) row_scale *= p.q_scale_ptr ? __ldg(p.q_scale_ptr) : p.q_scale;
@@ -61,7 +89,7 @@ __device__ __forceinline__ void stage_q(const DecodeParams& p, uint8_t* smem, in
 #pragma unroll
     for (int k = 0; k < Cfg::Q_UNITS_PER_THREAD; ++k) {
       const int u = sub + k * Cfg::Q_THREADS_PER_ROW;
-      const uint2 v = valid ? *reinterpret_cast<const uint2*>(unit_src(u)) : make_uint2(0, 0);
+      const uint2 v = make_uint2(units.v[k].x, units.v[k].y);
       *reinterpret_cast<uint4*>(unit_dst(u)) = make_uint4(e4m3x2_lo_to_f16x2(v.x), e4m3x2_hi_to_f16x2(v.x),
                                                           e4m3x2_lo_to_f16x2(v.y), e4m3x2_hi_to_f16x2(v.y));
     }
@@ -76,7 +104,7 @@ __device__ __forceinline__ void stage_q(const DecodeParams& p, uint8_t* smem, in
 #pragma unroll
     for (int k = 0; k < Cfg::Q_UNITS_PER_THREAD; ++k) {
       const int u = sub + k * Cfg::Q_THREADS_PER_ROW;
-      v[k] = valid ? *reinterpret_cast<const uint4*>(unit_src(u)) : make_uint4(0, 0, 0, 0);
+      v[k] = units.v[k];
       const uint32_t w[4] = {v[k].x, v[k].y, v[k].z, v[k].w};
 #pragma unroll
       for (int i = 0; i < 4; ++i) {

@@ -1,5 +1,6 @@
 """Representative decode launches for compute-sanitizer (scripts/sanitize.sh): both cache dtypes,
-split-KV over a ragged batch with padding rows, query_len 2, 128 heads, garbage table tails.
+split-KV over a ragged batch with padding rows, query_len 2, 128 heads, garbage table tails;
+each with the plan's splits and again with 5 (a few, some of them empty).
 Small shapes: the sanitizer slows kernels down a hundredfold."""
 
 import os
@@ -21,13 +22,16 @@ CASES = [
 
 
 def main() -> int:
-    for case in CASES:
-        out, lse = run_op(case, make_inputs(case))
-        torch.cuda.synchronize()
-        bad = int(torch.isnan(out.float()).sum())
-        print(f"{case}: ran, {bad} NaN", flush=True)
-        if bad:
-            return 1
+    for splits in (None, "5"):
+        if splits:
+            os.environ["MLA_PLUGIN_SPLITS"] = splits
+        for case in CASES:
+            out, lse = run_op(case, make_inputs(case))
+            torch.cuda.synchronize()
+            bad = int(torch.isnan(out.float()).sum())
+            print(f"{case} splits {splits or 'plan'}: ran, {bad} NaN", flush=True)
+            if bad:
+                return 1
     return 0
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from mla_plugin import kernel_variants
+from mla_plugin import dispatch, kernel_variants
 
 from .cases import assert_close, case_for_variant, last_plan, make_inputs, measure, run_op
 from .coverage import PAGE_SIZES
@@ -19,15 +19,26 @@ def variant_id(v) -> str:
     return f"{v.kv}-q{v.q}-o{v.out}-mma{v.mma}-r{v.rows}"
 
 
+# The plan's split count for this batch of 4 requests (tens of splits, most of them empty for
+# all but the long request), and 5 forced splits of one tile at least: the long request fills
+# all 5, the page-boundary one 2, the shortest 1, the empty one none.
+SPLITS = {"plan": None, "5": "5"}
+
+
+@pytest.mark.parametrize("splits", sorted(SPLITS), ids=lambda s: f"splits-{s}")
 @pytest.mark.parametrize("block_size", PAGE_SIZES, ids=lambda bs: f"bs{bs}")
 @pytest.mark.parametrize("variant", kernel_variants.variants(), ids=variant_id)
-def test_variant_matches_reference(variant, block_size, error_log):
+def test_variant_matches_reference(variant, block_size, splits, error_log, monkeypatch):
+    if SPLITS[splits]:
+        monkeypatch.setenv(dispatch.SPLITS_ENV, SPLITS[splits])
     case = case_for_variant(variant, block_size, seed=block_size)
     inp = make_inputs(case)
     out, lse = run_op(case, inp)
     plan = last_plan()
     assert plan.variant == variant, f"{case}: launched {plan.variant}, wanted {variant}"
     assert plan.num_splits > 1, f"{case}: the 1200-token request should split (plan {plan})"
+    if SPLITS[splits]:
+        assert plan.num_splits == int(SPLITS[splits]), plan
     err = measure(case, inp, out, lse)
     error_log(case, err)
     assert_close(case, err)

@@ -187,10 +187,12 @@ struct DecodeConfig {
   static constexpr int RING_TILES_MAX = 4;  // deeper buys nothing: the producer is a page table read ahead
   static constexpr int RING_BY_BUDGET = RING_MAX_BY_BUDGET < RING_TILES_MAX * NUM_PANELS ? RING_MAX_BY_BUDGET
                                                                                          : RING_TILES_MAX * NUM_PANELS;
-  // Whole tiles where a tile can be one TMA box (whole_tile_box), so that its panels are contiguous.
-  static constexpr bool WHOLE_TILE_BOXES = whole_tile_box(KV, MMA, TILE_TOKENS);
-  static constexpr int RING = WHOLE_TILE_BOXES ? RING_BY_BUDGET / NUM_PANELS * NUM_PANELS : RING_BY_BUDGET;
-  static_assert(!WHOLE_TILE_BOXES || RING % NUM_PANELS == 0, "a ring of whole tiles");
+  // A ring of whole tiles (a tile's 9 panels contiguous, never wrapping) where a tile can be one TMA
+  // box (whole_tile_box at pages of >= TOKENS): the math warps then wait for and release whole
+  // tiles at every page size, smaller pages' boxes all completing on the tile's one barrier.
+  static constexpr bool WHOLE_TILE_RING = whole_tile_box(KV, MMA, TILE_TOKENS);
+  static constexpr int RING = WHOLE_TILE_RING ? RING_BY_BUDGET / NUM_PANELS * NUM_PANELS : RING_BY_BUDGET;
+  static_assert(!WHOLE_TILE_RING || RING % NUM_PANELS == 0, "a ring of whole tiles");
   static_assert(RING >= 2 * NUM_PANELS, "the ring must hold two whole tiles");
   static constexpr int OFF_KV = 0;
   static constexpr int RING_BYTES = RING * PANEL_BYTES;

@@ -110,10 +110,11 @@ __global__ void __launch_bounds__(Cfg::THREADS) __maxnreg__(Cfg::MAX_REGISTERS)
   const float own_scale = stats.scale[own_row];
   const int g = lane / 4;
   RowSoftmax st;
-  // PER_PANEL: a wait and a release per panel (S-only panels released early); else the tile is
-  // one TMA box (whole_tile_box): one wait (panel 0) and one release (panel 0's empty barrier,
-  // which the producer waits on) per tile. A compile-time choice: a runtime flag put a branch
-  // between the S loop's k-steps, and no shared-memory load was hoisted across it.
+  // PER_PANEL: a wait and a release per panel (S-only panels released early); else (a ring of
+  // whole tiles: FP8 on 16-bit MMAs, every page size) one wait (panel 0's full barrier, which all
+  // the tile's boxes complete on) and one release (panel 0's empty barrier, which the producer
+  // waits on) per tile. A compile-time choice: a runtime flag put a branch between the S loop's
+  // k-steps, and no shared-memory load was hoisted across it.
   auto tile_loop = [&](auto per_panel_tag) {
     constexpr bool PER_PANEL = decltype(per_panel_tag)::value;
     RingPosition<Cfg> ring;
@@ -139,14 +140,7 @@ __global__ void __launch_bounds__(Cfg::THREADS) __maxnreg__(Cfg::MAX_REGISTERS)
       ring.next_tile();
     }
   };
-  if constexpr (Cfg::WHOLE_TILE_BOXES) {
-    if (whole_tile_box(Cfg::KV, Cfg::MMA, p.block_size))
-      tile_loop(std::false_type{});
-    else
-      tile_loop(std::true_type{});
-  } else {
-    tile_loop(std::true_type{});
-  }
+  tile_loop(std::bool_constant<!Cfg::WHOLE_TILE_RING>{});
   epilogue<Cfg>(p, smem, b, split, geo, mtile, slice, st, kv_scale, acc, group_barrier);
 }
 

@@ -1,6 +1,8 @@
 // The producer warp: one lane walks the split's tiles and issues one TMA box per (panel, page)
-// into the ring of PANEL_BYTES slots, or one box per tile (whole_tile_box: FP8 on 16-bit MMAs,
-// pages of >= 32 tokens); the whole warp keeps a window of the split's page ids.
+// into the ring of PANEL_BYTES slots, each panel on its own barrier; or, where the ring holds
+// whole tiles (FP8 on 16-bit MMAs), a tile's boxes on one barrier: one box per tile
+// (whole_tile_box: pages of >= 32 tokens) or one per (panel, page). The whole warp keeps a
+// window of the split's page ids.
 #pragma once
 
 #include <cuda.h>
@@ -57,23 +59,36 @@ __device__ __forceinline__ void produce(const CUtensorMap* kv_map, const DecodeP
       const int from_nxt = __shfl_sync(0xffffffffu, nxt, rel % WINDOW);
       page[j] = rel < WINDOW ? from_cur : from_nxt;
     }
-    if (lane == 0 && whole_tile) {
-      // One box for the tile's 9 panels, counted on panel 0's full barrier; the math warps wait
-      // for it alone and release the whole tile on panel 0's empty barrier (the other panels'
-      // barriers stay unused).
+    if (Cfg::WHOLE_TILE_RING && lane == 0) {
+      // The tile's boxes, counted on panel 0's full barrier: one for its 9 panels (a 4-D map), or
+      // one per (panel, page) where pages are shorter than the tile. The math warps wait for
+      // panel 0's barrier alone and release the whole tile on panel 0's empty barrier (the other
+      // panels' barriers stay unused).
       if (!q_released && slot + NUM_PANELS > Cfg::Q_FIRST_SLOT) {
         mbar_wait(bars.q_free, 0);
         q_released = true;
       }
       mbar_wait(bars.empty(slot), phase ^ 1);
-      mbar_arrive_expect_tx(bars.full(slot), NUM_PANELS * box_bytes);
-      tma_load_4d(kv_smem + slot * Cfg::PANEL_BYTES, kv_map, bars.full(slot), 0, in_page, 0, page[0]);
+      mbar_arrive_expect_tx(bars.full(slot), NUM_PANELS * boxes * box_bytes);
+      if (whole_tile) {
+        tma_load_4d(kv_smem + slot * Cfg::PANEL_BYTES, kv_map, bars.full(slot), 0, in_page, 0, page[0]);
+      } else {
+#pragma unroll
+        for (int pn = 0; pn < NUM_PANELS; ++pn) {
+#pragma unroll
+          for (int j = 0; j < Cfg::MAX_PAGES_PER_TILE; ++j) {
+            if (j < boxes)
+              tma_load_3d(kv_smem + (slot + pn) * Cfg::PANEL_BYTES + j * box_bytes, kv_map, bars.full(slot),
+                          pn * PANEL_CHANNELS, in_page, page[j]);
+          }
+        }
+      }
       slot += NUM_PANELS;  // the ring holds whole tiles
       if (slot == Cfg::RING) {
         slot = 0;
         phase ^= 1;
       }
-    } else if (lane == 0) {
+    } else if (!Cfg::WHOLE_TILE_RING && lane == 0) {
       for (int pn = 0; pn < NUM_PANELS; ++pn) {
         if (!q_released && slot >= Cfg::Q_FIRST_SLOT) {
           mbar_wait(bars.q_free, 0);

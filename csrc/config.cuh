@@ -191,6 +191,8 @@ struct DecodeConfig {
   // box (whole_tile_box at pages of >= TOKENS): the math warps then wait for and release whole
   // tiles at every page size, smaller pages' boxes all completing on the tile's one barrier.
   static constexpr bool WHOLE_TILE_RING = whole_tile_box(KV, MMA, TILE_TOKENS);
+  // Elsewhere a wait and a release per panel (the math warps' per-panel tile loop).
+  static constexpr bool PER_PANEL = !WHOLE_TILE_RING;
   static constexpr int RING = WHOLE_TILE_RING ? RING_BY_BUDGET / NUM_PANELS * NUM_PANELS : RING_BY_BUDGET;
   static_assert(!WHOLE_TILE_RING || RING % NUM_PANELS == 0, "a ring of whole tiles");
   static_assert(RING >= 2 * NUM_PANELS, "the ring must hold two whole tiles");

@@ -17,7 +17,6 @@
 #include <cuda.h>
 
 #include <cstdint>
-#include <type_traits>
 
 #include "../config.cuh"
 #include "../params.h"
@@ -110,28 +109,29 @@ __global__ void __launch_bounds__(Cfg::THREADS) __maxnreg__(Cfg::MAX_REGISTERS)
   const float own_scale = stats.scale[own_row];
   const int g = lane / 4;
   RowSoftmax st;
-  // PER_PANEL: a wait and a release per panel (S-only panels released early); else (a ring of
-  // whole tiles: FP8 on 16-bit MMAs, every page size) one wait (panel 0's full barrier, which all
-  // the tile's boxes complete on) and one release (panel 0's empty barrier, which the producer
-  // waits on) per tile. A compile-time choice: a runtime flag put a branch between the S loop's
-  // k-steps, and no shared-memory load was hoisted across it.
-  auto tile_loop = [&](auto per_panel_tag) {
-    constexpr bool PER_PANEL = decltype(per_panel_tag)::value;
+  // Cfg::PER_PANEL: a wait and a release per panel (S-only panels released early); else (a ring
+  // of whole tiles: FP8 on 16-bit MMAs, every page size) one wait (panel 0's full barrier, which
+  // all the tile's boxes complete on) and one release (panel 0's empty barrier, which the producer
+  // waits on) per tile. A compile-time fact of the variant: a runtime flag put a branch between
+  // the S loop's k-steps, and no shared-memory load was hoisted across it. (The lambda keeps the
+  // SASS that was measured: the same loop written straight into the kernel body compiles
+  // differently.)
+  auto tile_loop = [&]() {
     RingPosition<Cfg> ring;
     for (int tile = range.begin; tile < range.end; ++tile) {
       const int tok0 = tile * Cfg::TOKENS;
       float s[Cfg::NTILES][4];
-      partial_scores<Cfg, PER_PANEL>(smem, kv_smem, bars, ring, mtile, slice, qf, s);
-      if constexpr (PER_PANEL) {
+      partial_scores<Cfg>(smem, kv_smem, bars, ring, mtile, slice, qf, s);
+      if constexpr (Cfg::PER_PANEL) {
 #pragma unroll
         for (int pn = 0; pn < NUM_PANELS; ++pn)
           if (pn < pv_panel0 || pn >= pv_panel0 + Cfg::PV_PANELS_PER_WARP) release(ring, pn);
       }
       softmax_tile<Cfg>(smem, warp, mtile, slice, tok0, own_limit, own_scale, s, st, group_barrier);
       rescale_output<Cfg>(acc, stats.alpha[mtile * 16 + g], stats.alpha[mtile * 16 + g + 8]);
-      pv_tile<Cfg, PER_PANEL>(kv_smem, bars, ring, slice, tok0, kv_len,
-                              [&](int ks, uint32_t(&a)[4]) { p_fragment<Cfg>(smem, mtile, ks, a); }, acc);
-      if constexpr (PER_PANEL) {
+      pv_tile<Cfg>(kv_smem, bars, ring, slice, tok0, kv_len,
+                   [&](int ks, uint32_t(&a)[4]) { p_fragment<Cfg>(smem, mtile, ks, a); }, acc);
+      if constexpr (Cfg::PER_PANEL) {
 #pragma unroll
         for (int i = 0; i < Cfg::PV_PANELS_PER_WARP; ++i) release(ring, pv_panel0 + i);
       } else {
@@ -140,7 +140,7 @@ __global__ void __launch_bounds__(Cfg::THREADS) __maxnreg__(Cfg::MAX_REGISTERS)
       ring.next_tile();
     }
   };
-  tile_loop(std::bool_constant<!Cfg::WHOLE_TILE_RING>{});
+  tile_loop();
   epilogue<Cfg>(p, smem, b, split, geo, mtile, slice, st, kv_scale, acc, group_barrier);
 }
 

@@ -59,7 +59,7 @@ __device__ __forceinline__ void produce(const CUtensorMap* kv_map, const DecodeP
       const int from_nxt = __shfl_sync(0xffffffffu, nxt, rel % WINDOW);
       page[j] = rel < WINDOW ? from_cur : from_nxt;
     }
-    if (Cfg::WHOLE_TILE_RING && lane == 0) {
+    if (!Cfg::PER_PANEL && lane == 0) {
       // The tile's boxes, counted on panel 0's full barrier: one for its 9 panels (a 4-D map), or
       // one per (panel, page) where pages are shorter than the tile. The math warps wait for
       // panel 0's barrier alone and release the whole tile on panel 0's empty barrier (the other
@@ -88,7 +88,7 @@ __device__ __forceinline__ void produce(const CUtensorMap* kv_map, const DecodeP
         slot = 0;
         phase ^= 1;
       }
-    } else if (!Cfg::WHOLE_TILE_RING && lane == 0) {
+    } else if (Cfg::PER_PANEL && lane == 0) {
       for (int pn = 0; pn < NUM_PANELS; ++pn) {
         if (!q_released && slot >= Cfg::Q_FIRST_SLOT) {
           mbar_wait(bars.q_free, 0);

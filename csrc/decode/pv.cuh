@@ -62,7 +62,7 @@ __device__ __forceinline__ void rescale_output(float (&acc)[Cfg::PV_NTILES][4], 
 // O += P V for the tile; p_frag(ks, a) gives P's A fragment of k-step ks. A tail tile (past
 // kv_len) has the V of tokens beyond kv_len zeroed in the fragment registers (they may be garbage
 // or NaN); MASKED false compiles the masks out, for tiles known not to be tails.
-template <class Cfg, bool PER_PANEL, bool MASKED, class PFragment>
+template <class Cfg, bool MASKED, class PFragment>
 __device__ __forceinline__ void pv_tile_body(uint32_t kv_smem, const RingPosition<Cfg>& ring, int slice, int tok0,
                                              int kv_len, bool tail, PFragment&& p_frag,
                                              float (&acc)[Cfg::PV_NTILES][4]) {
@@ -88,7 +88,7 @@ __device__ __forceinline__ void pv_tile_body(uint32_t kv_smem, const RingPositio
       for (int gi = 0; gi < Cfg::PV_GROUPS; ++gi) {
         const int col = col0 + 16 * gi;
         const uint32_t v_panel =
-            kv_smem + ring.template panel_slot<!PER_PANEL>(col / PANEL_CHANNELS) * Cfg::PANEL_BYTES;
+            kv_smem + ring.panel_slot(col / PANEL_CHANNELS) * Cfg::PANEL_BYTES;
         uint32_t vb[2];
         ldmatrix_x2_trans(v_panel + swizzle<Cfg::ROW_BYTES>(16 * ks + 8 * ((lane / 8) % 2) + lane % 8,
                                                             (col % PANEL_CHANNELS) / 16),
@@ -115,7 +115,7 @@ __device__ __forceinline__ void pv_tile_body(uint32_t kv_smem, const RingPositio
       for (int gi = 0; gi < Cfg::PV_GROUPS; ++gi) {
         const int col = col0 + 16 * gi;
         const uint32_t v_panel =
-            kv_smem + ring.template panel_slot<!PER_PANEL>(col / PANEL_CHANNELS) * Cfg::PANEL_BYTES;
+            kv_smem + ring.panel_slot(col / PANEL_CHANNELS) * Cfg::PANEL_BYTES;
         uint32_t vb[4], b_even[2], b_odd[2];
         if constexpr (Cfg::E4M3_MMA) {
           // matrices = tokens 32ks + 8i.., one 16-channel chunk; bytes regrouped by prmt.
@@ -143,12 +143,12 @@ __device__ __forceinline__ void pv_tile_body(uint32_t kv_smem, const RingPositio
   }
 }
 
-template <class Cfg, bool PER_PANEL, class PFragment>
+template <class Cfg, class PFragment>
 __device__ __forceinline__ void pv_tile(uint32_t kv_smem, const RingBarriers<Cfg>& bars, const RingPosition<Cfg>& ring,
                                         int slice, int tok0, int kv_len, PFragment&& p_frag,
                                         float (&acc)[Cfg::PV_NTILES][4]) {
   const int pv_panel0 = slice * Cfg::V_COLS_PER_WARP / PANEL_CHANNELS;
-  if constexpr (PER_PANEL) {
+  if constexpr (Cfg::PER_PANEL) {
 #pragma unroll
     for (int i = 0; i < Cfg::PV_PANELS_PER_WARP; ++i)  // no-op when S saw the panel
       mbar_wait(bars.full(ring.slot_of(pv_panel0 + i)), ring.phase_of(pv_panel0 + i));
@@ -156,11 +156,11 @@ __device__ __forceinline__ void pv_tile(uint32_t kv_smem, const RingBarriers<Cfg
   const bool tail = tok0 + Cfg::TOKENS > kv_len;  // tokens past kv_len may be garbage (NaN)
   if constexpr (Cfg::E4M3_MMA && EMULATED_FP8_MMA) {
     // One body (masks all ones off the tail): two would spill the emulated 32-row build.
-    pv_tile_body<Cfg, PER_PANEL, true>(kv_smem, ring, slice, tok0, kv_len, tail, p_frag, acc);
+    pv_tile_body<Cfg, true>(kv_smem, ring, slice, tok0, kv_len, tail, p_frag, acc);
   } else if (tail) {
-    pv_tile_body<Cfg, PER_PANEL, true>(kv_smem, ring, slice, tok0, kv_len, tail, p_frag, acc);
+    pv_tile_body<Cfg, true>(kv_smem, ring, slice, tok0, kv_len, tail, p_frag, acc);
   } else {
-    pv_tile_body<Cfg, PER_PANEL, false>(kv_smem, ring, slice, tok0, kv_len, tail, p_frag, acc);
+    pv_tile_body<Cfg, false>(kv_smem, ring, slice, tok0, kv_len, tail, p_frag, acc);
   }
 }
 

@@ -47,10 +47,10 @@ __device__ __forceinline__ void scores_kstep(uint32_t k_panel, int kp, const uin
   }
 }
 
-// The warp's partial S of the current tile. Waits for each panel it reads (PER_PANEL), else
-// once, for panel 0 (a whole-tile TMA box counts the tile's bytes on panel 0's barrier). Q: the
+// The warp's partial S of the current tile. Waits for each panel it reads (Cfg::PER_PANEL), else
+// once, for panel 0 (a whole tile's boxes count their bytes on panel 0's barrier). Q: the
 // registers `qf` (Q_IN_REGISTERS), else its shared-memory staging, one k-step at a time.
-template <class Cfg, bool PER_PANEL>
+template <class Cfg>
 __device__ __forceinline__ void partial_scores(const uint8_t* smem, uint32_t kv_smem, const RingBarriers<Cfg>& bars,
                                                const RingPosition<Cfg>& ring, int mtile, int slice,
                                                const uint32_t (&qf)[Cfg::S_KSTEPS_MAX][4],
@@ -59,7 +59,7 @@ __device__ __forceinline__ void partial_scores(const uint8_t* smem, uint32_t kv_
   for (int j = 0; j < Cfg::NTILES; ++j)
 #pragma unroll
     for (int i = 0; i < 4; ++i) s[j][i] = 0.f;
-  if constexpr (!PER_PANEL) mbar_wait(bars.full(ring.slot_of(0)), ring.phase_of(0));
+  if constexpr (!Cfg::PER_PANEL) mbar_wait(bars.full(ring.slot_of(0)), ring.phase_of(0));
   if constexpr (!Cfg::Q_IN_REGISTERS && EMULATED_FP8_MMA) {
     // sm_90 emulates e4m3 MMA with extra registers: rolled, this stays free of spills.
 #pragma unroll 1
@@ -67,8 +67,8 @@ __device__ __forceinline__ void partial_scores(const uint8_t* smem, uint32_t kv_
       const int pn = gk / Cfg::KSTEPS_PER_PANEL;
       uint32_t qa[4];
       q_fragment<Cfg>(smem, mtile, gk, qa);
-      if constexpr (PER_PANEL) mbar_wait(bars.full(ring.slot_of(pn)), ring.phase_of(pn));
-      const uint32_t k_panel = kv_smem + ring.template panel_slot<!PER_PANEL>(pn) * Cfg::PANEL_BYTES;
+      if constexpr (Cfg::PER_PANEL) mbar_wait(bars.full(ring.slot_of(pn)), ring.phase_of(pn));
+      const uint32_t k_panel = kv_smem + ring.panel_slot(pn) * Cfg::PANEL_BYTES;
       scores_kstep<Cfg>(k_panel, gk % Cfg::KSTEPS_PER_PANEL, qa, s);
     }
   } else {
@@ -85,8 +85,8 @@ __device__ __forceinline__ void partial_scores(const uint8_t* smem, uint32_t kv_
       } else {
         q_fragment<Cfg>(smem, mtile, slice + Cfg::SLICES * i, qa);
       }
-      if constexpr (PER_PANEL) mbar_wait(bars.full(ring.slot_of(pn)), ring.phase_of(pn));
-      const uint32_t k_panel = kv_smem + ring.template panel_slot<!PER_PANEL>(pn) * Cfg::PANEL_BYTES;
+      if constexpr (Cfg::PER_PANEL) mbar_wait(bars.full(ring.slot_of(pn)), ring.phase_of(pn));
+      const uint32_t k_panel = kv_smem + ring.panel_slot(pn) * Cfg::PANEL_BYTES;
       scores_kstep<Cfg>(k_panel, slice % Cfg::KSTEPS_PER_PANEL, qa, s);
     }
   }

@@ -44,11 +44,10 @@ struct RingPosition {
     const uint32_t s = slot + pn;
     return s >= Cfg::RING ? s - Cfg::RING : s;
   }
-  // The slot of panel pn where the ring holds whole tiles (WHOLE_TILE_RING): a tile never wraps.
-  template <bool WHOLE_TILES>
+  // The slot of the current tile's panel pn; where the ring holds whole tiles (WHOLE_TILE_RING)
+  // a tile never wraps, so no wrap test.
   __device__ __forceinline__ uint32_t panel_slot(int pn) const {
-    static_assert(!WHOLE_TILES || Cfg::WHOLE_TILE_RING, "the ring holds whole tiles");
-    return WHOLE_TILES ? slot + pn : slot_of(pn);
+    return Cfg::WHOLE_TILE_RING ? slot + pn : slot_of(pn);
   }
   __device__ __forceinline__ uint32_t phase_of(int pn) const { return slot + pn >= Cfg::RING ? phase ^ 1 : phase; }
   __device__ __forceinline__ void next_tile() {

@@ -100,7 +100,7 @@ void decode(const at::Tensor& q_nope, const at::Tensor& q_pe, const at::Tensor& 
             double softmax_scale, const c10::optional<at::Tensor>& kv_scale_t, double kv_scale,
             const c10::optional<at::Tensor>& q_scale_t, double q_scale, int64_t query_len, bool causal,
             const std::string& mma, int64_t rows_per_cta, int64_t num_splits, int64_t min_tiles_per_split,
-            int64_t smem_bytes_requested) {
+            bool cluster_merge, int64_t smem_bytes_requested) {
   const c10::cuda::CUDAGuard guard(q_nope.device());
   for (const at::Tensor* t : {&q_pe, &kv_cache, &block_table, &seq_lens, static_cast<const at::Tensor*>(&out), static_cast<const at::Tensor*>(&lse)})
     TORCH_CHECK_VALUE(t->device() == q_nope.device(), "mla_plugin: all tensors must be on ", q_nope.device());
@@ -143,9 +143,12 @@ void decode(const at::Tensor& q_nope, const at::Tensor& q_pe, const at::Tensor& 
   p.max_blocks = static_cast<int>(block_table.size(1));
   p.num_splits = static_cast<int>(num_splits);
   p.min_tiles_per_split = static_cast<int>(min_tiles_per_split);
-  if (num_splits > 1) {
+  p.cluster_merge = cluster_merge ? 1 : 0;
+  TORCH_CHECK_VALUE(!cluster_merge || num_splits > 1, "mla_plugin: cluster_merge needs num_splits > 1, got ",
+                    num_splits);
+  if (num_splits > 1 && !cluster_merge) {
     TORCH_CHECK_VALUE(partial_out.has_value() && partial_lse.has_value(),
-                      "mla_plugin: num_splits > 1 needs the split workspace");
+                      "mla_plugin: num_splits > 1 needs the split workspace (or cluster_merge)");
     p.partial_out = partial_out->data_ptr<float>();
     p.partial_lse = partial_lse->data_ptr<float>();
   }
@@ -183,6 +186,14 @@ int64_t tokens_per_tile(const std::string& kv, const std::string& q, const std::
                                      elem_named(mma, "mma"), static_cast<int>(rows));
 }
 
+int64_t max_active_clusters(const std::string& kv, const std::string& q, const std::string& out,
+                            const std::string& mma, int64_t rows, int64_t splits, int64_t smem_bytes, int64_t device) {
+  const c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(device));
+  return mla::decode_max_active_clusters(elem_named(kv, "kv"), elem_named(q, "q"), elem_named(out, "out"),
+                                         elem_named(mma, "mma"), static_cast<int>(rows), static_cast<int>(splits),
+                                         static_cast<int>(smem_bytes));
+}
+
 void mma_peak(at::Tensor& sink, int64_t blocks, int64_t iterations) {
   const c10::cuda::CUDAGuard guard(sink.device());
   TORCH_CHECK_VALUE(sink.scalar_type() == at::kFloat && sink.numel() >= blocks * 256,
@@ -200,6 +211,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("decode", &decode, "paged MLA decode (see mla_plugin/dispatch.py)");
   m.def("smem_bytes", &smem_bytes, "dynamic shared memory of a kernel variant (0: not compiled)");
   m.def("tokens_per_tile", &tokens_per_tile, "KV tokens per tile of a kernel variant (0: not compiled)");
+  m.def("max_active_clusters", &max_active_clusters,
+        "clusters of `splits` CTAs of a variant a device holds at once (0: its splits merge by the combine)");
   m.def("mma_peak", &mma_peak, "mma.sync bf16 throughput probe");
   m.def("built_archs", [] { return std::string(MLA_BUILT_ARCHS); });
 }

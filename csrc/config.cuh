@@ -30,6 +30,7 @@ static_assert(HEAD_DIM % PANEL_CHANNELS == 0 && V_DIM % PANEL_CHANNELS == 0, "pa
 constexpr int SMEM_BUDGET_BYTES = 101376;  // SM12x: 99 KiB per block, used on every architecture
 constexpr int TILE_TOKENS = 32;            // KV tokens per tile, every variant (the TMA box height)
 constexpr int MAX_KV_SPLITS = 512;         // splits per request the combine merges
+constexpr int MAX_CLUSTER_SPLITS = 8;      // splits per request merged inside one cluster (portable size)
 
 // An FP8 cache on 16-bit MMAs whose pages hold whole tiles is loaded one TMA box per tile: a 4-D
 // view (channel, token, panel, block) whose box is the tile's 9 panels, one after the other in
@@ -209,6 +210,17 @@ struct DecodeConfig {
   static constexpr int OFF_BARRIERS = (OFF_ROW_STATS + ROW_STAT_BYTES + 7) / 8 * 8;
   // full[RING], empty[RING], q_free
   static constexpr int SMEM_BYTES = OFF_BARRIERS + (2 * RING + 1) * RING_BARRIER_BYTES;
+  // Split merge inside a cluster (cluster_merge.cuh): once the ring is drained, it holds the CTA's
+  // normalised fp32 partial rows ([ROWS][MERGE_ROW_FLOATS]; 4 floats of pad spread the fragment-
+  // order stores over the banks) and their log2-sum-exp2.
+  static constexpr int MERGE_ROW_FLOATS = V_DIM + 4;
+  static constexpr int OFF_MERGE_O = OFF_KV;
+  static constexpr int OFF_MERGE_LSE = OFF_MERGE_O + ROWS * MERGE_ROW_FLOATS * 4;
+  static constexpr int MERGE_BYTES = OFF_MERGE_LSE + ROWS * 4 - OFF_MERGE_O;
+  // Where the drained ring cannot hold them (the e4m3 opt-in's 32-row ring), splits go through the
+  // workspace and the combine kernel only (the host asks: max_active_clusters() is 0).
+  static constexpr bool CLUSTER_MERGE = MERGE_BYTES <= RING_BYTES;
+  static_assert(OFF_MERGE_O % 16 == 0 && (MERGE_ROW_FLOATS * 4) % 16 == 0, "float4 reads of the partial rows");
   static_assert(OFF_KV % 1024 == 0, "swizzled buffers 1024-B aligned");
   static_assert(OFF_S_PART % 16 == 0 && OFF_P % 16 == 0, "vector access alignment");
   static_assert(SMEM_BYTES <= SMEM_BUDGET_BYTES, "SM12x shared-memory budget");

@@ -1,5 +1,6 @@
-// Launch one decode variant (and the split combine), with per-device one-time set-up. Plain
-// stream order: programmatic dependent launch measured slower (csrc/README.md).
+// Launch one decode variant (and the split combine, unless its splits merge inside a cluster), with
+// per-device one-time set-up. Plain stream order: programmatic dependent launch measured slower
+// (csrc/README.md).
 #pragma once
 
 #include <atomic>
@@ -40,6 +41,10 @@ inline cudaError_t ensure_smem_attribute(Kernel kernel, int smem_bytes) {
   return err;
 }
 
+// The cluster instantiation's own flag set for ensure_smem_attribute.
+template <class Cfg>
+struct ClusterTag {};
+
 template <Elem OUT>
 inline std::string launch_combine(const DecodeLaunch& L, int rows_per_cta) {
   const DecodeParams& d = L.params;
@@ -74,11 +79,37 @@ inline std::string launch_combine(const DecodeLaunch& L, int rows_per_cta) {
 
 template <class Cfg>
 inline std::string launch_config(const DecodeLaunch& L, const CUtensorMap& kv_map) {
-  auto kernel = mla_decode_kernel<Cfg>;
   const int smem = L.smem_bytes > Cfg::SMEM_BYTES ? L.smem_bytes : Cfg::SMEM_BYTES;
-  cudaError_t err = ensure_smem_attribute<Cfg>(kernel, smem);
-  if (err != cudaSuccess) return cuda_error_text("cudaFuncSetAttribute(max dynamic shared memory)", err);
   const dim3 grid(L.params.row_tiles, L.params.num_splits, L.params.batch);
+  cudaError_t err;
+  if (L.params.cluster_merge) {
+    // The splits of a (request, row tile) are one cluster: they merge in shared memory.
+    if (!Cfg::CLUSTER_MERGE || L.params.num_splits < 2 || L.params.num_splits > MAX_CLUSTER_SPLITS)
+      return "cluster_merge needs 2.." + std::to_string(MAX_CLUSTER_SPLITS) +
+             " splits and a variant whose ring holds the merge; got num_splits " +
+             std::to_string(L.params.num_splits);
+    auto kernel = mla_decode_kernel<Cfg, Cfg::CLUSTER_MERGE>;
+    err = ensure_smem_attribute<ClusterTag<Cfg>>(kernel, smem);
+    if (err != cudaSuccess) return cuda_error_text("cudaFuncSetAttribute(max dynamic shared memory)", err);
+    cudaLaunchConfig_t config = {};
+    config.gridDim = grid;
+    config.blockDim = dim3(Cfg::THREADS);
+    config.dynamicSmemBytes = static_cast<size_t>(smem);
+    config.stream = L.stream;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = 1;
+    attr[0].val.clusterDim.y = static_cast<unsigned>(L.params.num_splits);
+    attr[0].val.clusterDim.z = 1;
+    config.attrs = attr;
+    config.numAttrs = 1;
+    err = cudaLaunchKernelEx(&config, kernel, kv_map, L.params);
+    if (err != cudaSuccess) return cuda_error_text("decode kernel launch (cluster)", err);
+    return std::string();
+  }
+  auto kernel = mla_decode_kernel<Cfg, false>;
+  err = ensure_smem_attribute<Cfg>(kernel, smem);
+  if (err != cudaSuccess) return cuda_error_text("cudaFuncSetAttribute(max dynamic shared memory)", err);
   kernel<<<grid, Cfg::THREADS, smem, L.stream>>>(kv_map, L.params);
   err = cudaGetLastError();
   if (err != cudaSuccess) return cuda_error_text("decode kernel launch", err);
@@ -86,10 +117,41 @@ inline std::string launch_config(const DecodeLaunch& L, const CUtensorMap& kv_ma
   return std::string();
 }
 
+// How many clusters of `splits` CTAs of the variant (at `smem_bytes` of dynamic shared memory)
+// the current device holds at once; 0 where the variant cannot merge in a cluster.
+template <class Cfg>
+inline int max_active_clusters_of(int splits, int smem_bytes) {
+  if (!Cfg::CLUSTER_MERGE || splits < 2 || splits > MAX_CLUSTER_SPLITS) return 0;
+  auto kernel = mla_decode_kernel<Cfg, Cfg::CLUSTER_MERGE>;
+  const int smem = smem_bytes > Cfg::SMEM_BYTES ? smem_bytes : Cfg::SMEM_BYTES;
+  if (ensure_smem_attribute<ClusterTag<Cfg>>(kernel, smem) != cudaSuccess) return 0;
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(1, splits, 1);
+  config.blockDim = dim3(Cfg::THREADS);
+  config.dynamicSmemBytes = static_cast<size_t>(smem);
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = 1;
+  attr[0].val.clusterDim.y = static_cast<unsigned>(splits);
+  attr[0].val.clusterDim.z = 1;
+  config.attrs = attr;
+  config.numAttrs = 1;
+  int clusters = 0;
+  if (cudaOccupancyMaxActiveClusters(&clusters, kernel, &config) != cudaSuccess) {
+    (void)cudaGetLastError();  // a device without clusters: merge through the combine kernel
+    return 0;
+  }
+  return clusters;
+}
+
 // The variant a line of variants.def names.
 template <Elem KV, Elem Q, Elem OUT, Elem MMA, int ROWS>
 std::string launch_variant(const DecodeLaunch& L, const CUtensorMap& kv_map) {
   return launch_config<DecodeConfig<KV, Q, OUT, MMA, ROWS>>(L, kv_map);
+}
+template <Elem KV, Elem Q, Elem OUT, Elem MMA, int ROWS>
+int variant_max_active_clusters(int splits, int smem_bytes) {
+  return max_active_clusters_of<DecodeConfig<KV, Q, OUT, MMA, ROWS>>(splits, smem_bytes);
 }
 
 }  // namespace mla

@@ -124,6 +124,15 @@ int decode_smem_bytes(Elem kv, Elem q, Elem out, Elem mma, int rows) {
   return 0;
 }
 
+int decode_max_active_clusters(Elem kv, Elem q, Elem out, Elem mma, int rows, int splits, int smem_bytes) {
+#define MLA_VARIANT(UNIT, KV, Q, OUT, MMA, ROWS) \
+  if (MLA_MATCH(KV, Q, OUT, MMA, ROWS))          \
+    return variant_max_active_clusters<Elem::KV, Elem::Q, Elem::OUT, Elem::MMA, ROWS>(splits, smem_bytes);
+#include "variants.def"
+#undef MLA_VARIANT
+  return 0;
+}
+
 int decode_tokens_per_tile(Elem kv, Elem q, Elem out, Elem mma, int rows) {
 #define MLA_VARIANT(UNIT, KV, Q, OUT, MMA, ROWS) \
   if (MLA_MATCH(KV, Q, OUT, MMA, ROWS)) return DecodeConfig<Elem::KV, Elem::Q, Elem::OUT, Elem::MMA, ROWS>::TOKENS;

@@ -26,13 +26,20 @@ struct DecodeLaunch {
   cudaStream_t stream;
 };
 
-// Launch the decode kernel (and the split combine when params.num_splits > 1) on the current
-// device. Returns an empty string on success, else a message naming what went wrong.
+// Launch the decode kernel (and the split combine when params.num_splits > 1, unless
+// params.cluster_merge) on the current device. Returns an empty string on success, else a message naming what went wrong.
 std::string launch_decode(const DecodeLaunch& launch);
 
 // One compiled variant of csrc/variants.def (explicitly instantiated in launch_<UNIT>.cu).
 template <Elem KV, Elem Q, Elem OUT, Elem MMA, int ROWS>
 std::string launch_variant(const DecodeLaunch& launch, const CUtensorMap& kv_map);
+
+template <Elem KV, Elem Q, Elem OUT, Elem MMA, int ROWS>
+int variant_max_active_clusters(int splits, int smem_bytes);
+
+// Clusters of `splits` CTAs of a variant the current device holds at once (0: the variant's splits
+// cannot merge in a cluster there, or variants.def does not list it).
+int decode_max_active_clusters(Elem kv, Elem q, Elem out, Elem mma, int rows_per_cta, int splits, int smem_bytes);
 
 // Facts of a compiled variant (0 if variants.def does not list it).
 int decode_smem_bytes(Elem kv, Elem q, Elem out, Elem mma, int rows_per_cta);

@@ -5,8 +5,9 @@
 
 #include "decode_launch.cuh"
 
-#define MLA_INSTANTIATE(KV, Q, OUT, MMA, ROWS) \
-  template std::string launch_variant<Elem::KV, Elem::Q, Elem::OUT, Elem::MMA, ROWS>(const DecodeLaunch&, const CUtensorMap&);
+#define MLA_INSTANTIATE(KV, Q, OUT, MMA, ROWS)                                                                   \
+  template std::string launch_variant<Elem::KV, Elem::Q, Elem::OUT, Elem::MMA, ROWS>(const DecodeLaunch&, const CUtensorMap&); \
+  template int variant_max_active_clusters<Elem::KV, Elem::Q, Elem::OUT, Elem::MMA, ROWS>(int, int);
 
 #ifndef MLA_UNIT_bf16
 #define MLA_UNIT_bf16(...)

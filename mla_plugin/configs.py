@@ -4,6 +4,8 @@ A table matches a GPU when one of its `match` strings occurs in the device name.
   waves                 CTAs to aim for, in multiples of (SMs x CTAs that fit on one SM)
   max_splits            upper bound on KV splits per request
   min_tokens_per_split  a split shorter than this costs more in combine traffic than it gains
+  max_cluster_splits    up to this many splits of a request merge inside a thread block cluster
+                        (no combine kernel) where the GPU holds all the clusters at once; 0: never
 Missing keys take DEFAULTS; a GPU no table matches uses DEFAULTS alone.
 """
 
@@ -12,7 +14,7 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-DEFAULTS = {"waves": 1.0, "max_splits": 64, "min_tokens_per_split": 256}
+DEFAULTS = {"waves": 1.0, "max_splits": 64, "min_tokens_per_split": 256, "max_cluster_splits": 8}
 _KEYS = set(DEFAULTS) | {"name", "match"}
 
 

@@ -227,6 +227,21 @@ class LaunchPlan:
     smem_bytes: int  # dynamic shared memory requested (above the kernel's own when emulating SM12x)
     partial_out: torch.Tensor | None
     partial_lse: torch.Tensor | None
+    cluster_merge: bool = False  # the splits merge inside a thread block cluster: no workspace, no combine
+
+
+def merges_in_cluster(ext, shape: LaunchShape, variant: Variant, row_tiles: int, splits: int, smem: int,
+                      tuning: dict) -> bool:
+    """Whether the splits of each (request, row tile) run as one thread block cluster and merge
+    in shared memory (csrc/decode/cluster_merge.cuh) rather than through the workspace and the
+    combine kernel: at 2..max_cluster_splits splits, where the device holds every cluster of the
+    grid at once (the driver's occupancy answer for this variant and cluster size; 0 on a
+    device or variant without clusters, e.g. the e4m3 opt-in's 32-row ring)."""
+    if not 2 <= splits <= int(tuning["max_cluster_splits"]):
+        return False
+    clusters = ext.max_active_clusters(shape.kv, shape.q, shape.out, shape.mma, variant.rows, splits, smem,
+                                       shape.device_index)
+    return clusters >= shape.batch * row_tiles
 
 
 @functools.lru_cache(maxsize=4096)
@@ -255,6 +270,8 @@ def launch_plan(shape: LaunchShape) -> LaunchPlan:
     min_tiles = 1 if shape.forced_splits else max(1, int(tuning["min_tokens_per_split"]) // tokens_per_tile)
     splits = shape.forced_splits or plan.num_splits
     _launched.add(variant)
+    if merges_in_cluster(ext, shape, variant, plan.row_tiles, splits, smem, tuning):
+        return LaunchPlan(variant, splits, min_tiles, smem, None, None, cluster_merge=True)
     if splits > 1:
         partial_out, partial_lse = workspace(torch.device("cuda", shape.device_index), facts, tuning)
         capacity_ctas = partial_lse.shape[0] // plan.rows_per_cta
@@ -284,7 +301,7 @@ def launch(q_nope, q_pe, kv_cache, block_table, seq_lens, out, lse, *, softmax_s
     ext.decode(q_nope, q_pe, kv_cache, block_table, seq_lens, out, lse, plan.partial_out, plan.partial_lse,
                float(softmax_scale), kv_scale_t, kv_scale_v, q_scale_t, q_scale_v, int(query_len),
                bool(causal), plan.variant.mma, plan.variant.rows, plan.num_splits, plan.min_tiles_per_split,
-               plan.smem_bytes)
+               plan.cluster_merge, plan.smem_bytes)
 
 
 def mma_sync_peak_tflops(device=None, iterations: int = 2048, repeats: int = 5) -> float:

@@ -1,6 +1,7 @@
 """Representative decode launches for compute-sanitizer (scripts/sanitize.sh): both cache dtypes,
 split-KV over a ragged batch with padding rows, query_len 2, 128 heads, garbage table tails;
-each with the plan's splits and again with 5 (a few, some of them empty).
+each with the plan's splits, and again with 5 (a few, some of them empty) merged inside a cluster
+and by the combine kernel.
 Small shapes: the sanitizer slows kernels down a hundredfold."""
 
 import os
@@ -10,7 +11,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from tests.gpu.cases import Case, make_inputs, run_op  # noqa: E402
+from tests.gpu.cases import Case, make_inputs, run_op, tuning_override  # noqa: E402
 
 CASES = [
     Case(dtype="bf16", heads=16, block_size=16, seq_lens=[700, 0, 33, 1], query_len=2),
@@ -22,14 +23,16 @@ CASES = [
 
 
 def main() -> int:
-    for splits in (None, "5"):
+    for splits, max_cluster in ((None, None), ("5", None), ("5", 0)):
         if splits:
             os.environ["MLA_PLUGIN_SPLITS"] = splits
+        merge = "combine" if max_cluster == 0 else "plan's merge"
         for case in CASES:
-            out, lse = run_op(case, make_inputs(case))
+            with tuning_override(max_cluster_splits=max_cluster):
+                out, lse = run_op(case, make_inputs(case))
             torch.cuda.synchronize()
             bad = int(torch.isnan(out.float()).sum())
-            print(f"{case} splits {splits or 'plan'}: ran, {bad} NaN", flush=True)
+            print(f"{case} splits {splits or 'plan'}, {merge}: ran, {bad} NaN", flush=True)
             if bad:
                 return 1
     return 0

@@ -76,6 +76,7 @@ class FakeExtension:
     then handed to `kernel` (None: do nothing)."""
 
     SMEM = 90 * 1024
+    CLUSTERS = 0  # max_active_clusters: no cluster merge unless a test sets it
 
     def __init__(self, kernel=None):
         self.kernel = kernel
@@ -87,6 +88,9 @@ class FakeExtension:
     def tokens_per_tile(self, kv, q, out, mma, rows):
         return 64 if kv == "fp8" else 32
 
+    def max_active_clusters(self, kv, q, out, mma, rows, splits, smem, device):
+        return self.CLUSTERS
+
     def decode(self, *args):
         self.calls.append(args)
         if self.kernel is not None:
@@ -95,7 +99,8 @@ class FakeExtension:
 
 DECODE_ARGS = ("q_nope", "q_pe", "kv_cache", "block_table", "seq_lens", "out", "lse", "partial_out",
                "partial_lse", "softmax_scale", "kv_scale_t", "kv_scale_v", "q_scale_t", "q_scale_v",
-               "query_len", "causal", "mma", "rows", "num_splits", "min_tiles_per_split", "smem_bytes")
+               "query_len", "causal", "mma", "rows", "num_splits", "min_tiles_per_split", "cluster_merge",
+               "smem_bytes")
 
 
 def named(call: tuple) -> dict:

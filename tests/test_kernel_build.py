@@ -2,7 +2,8 @@
 SM12x budget (trap 8), every variant of csrc/variants.def is compiled and all cache dtypes
 build (trap 2), the BF16 kernels hold no FP8 types (trap 1), the default FP8 kernels multiply
 in 16 bit (HMMA) on exactly converted e4m3 (F2FP unpacks) with no local memory, and the
-opt-in e4m3 kernels keep native e4m3 MMAs (QMMA) in both products on sm_120a."""
+opt-in e4m3 kernels keep native e4m3 MMAs (QMMA) in both products on sm_120a, and only the
+cluster instantiations (csrc/decode/cluster_merge.cuh) hold cluster barriers."""
 
 from __future__ import annotations
 
@@ -25,6 +26,13 @@ def _variant(kernel: str) -> Variant:
     return Variant(kv, q, out, mma, int(m.group(5)))
 
 
+def _is_cluster(kernel: str) -> bool:
+    """mla_decode_kernel<Cfg, CLUSTER>: the second template argument, mangled as Lb0E / Lb1E."""
+    m = re.search(r"EEEL(b[01])EEEv", kernel)
+    assert m, kernel
+    return m.group(1) == "b1"
+
+
 def _dtypes(kernel: str) -> tuple[str, str]:
     v = _variant(kernel)
     return v.kv, v.q
@@ -38,8 +46,13 @@ def ptxas(request):
 def test_trap08_no_spills_no_stack_frame_within_smem_budget(ptxas):
     arch, records = ptxas
     decode = [r for r in records if DECODE in r.kernel]
-    assert sorted(_variant(r.kernel) for r in decode) == sorted(kernel_variants.variants()), (
+    plain = [_variant(r.kernel) for r in decode if not _is_cluster(r.kernel)]
+    cluster = [_variant(r.kernel) for r in decode if _is_cluster(r.kernel)]
+    assert sorted(plain) == sorted(kernel_variants.variants()), (
         f"{arch}: the compiled decode kernels are not csrc/variants.def's list")
+    # A cluster instantiation per variant whose ring holds the merge: every 16-bit-MMA variant.
+    assert len(set(cluster)) == len(cluster) and set(cluster) <= set(plain), f"{arch}: {cluster}"
+    assert {v for v in plain if v.mma != "fp8"} <= set(cluster), f"{arch}: cluster kernels {cluster}"
     assert build.resource_problems(records) == []
 
 
@@ -64,8 +77,21 @@ def _count(sass: str, pattern: str) -> int:
     return len(re.findall(pattern, sass))
 
 
-def _decode_sass(unit: str) -> dict[str, str]:
-    return {k: v for k, v in build.sass_by_kernel("12.0a", unit).items() if DECODE in k}
+def _decode_sass(unit: str, cluster: bool = False) -> dict[str, str]:
+    """The unit's plain (or cluster) decode kernels on sm_120a, by mangled name."""
+    return {k: v for k, v in build.sass_by_kernel("12.0a", unit).items() if DECODE in k and _is_cluster(k) == cluster}
+
+
+def test_only_the_cluster_kernels_hold_cluster_barriers_on_sm120a():
+    for unit in ("launch_bf16.cu", "launch_fp8_q16.cu"):
+        for name, sass in _decode_sass(unit).items():
+            assert _count(sass, r"UCGABAR") == 0, f"{name}: cluster barrier in a plain kernel"
+        clusters = _decode_sass(unit, cluster=True)
+        assert len(clusters) == (2 if unit == "launch_bf16.cu" else 4), sorted(clusters)
+        for name, sass in clusters.items():
+            # two cluster barriers: the partials are published; the peers are done reading them
+            assert _count(sass, r"UCGABAR_ARV") >= 2 and _count(sass, r"UCGABAR_WAIT") >= 2, name
+            assert _count(sass, r"\b(LDL|STL)\b") == 0, f"{name}: local memory"
 
 
 def test_default_fp8_kernels_multiply_in_16_bit_on_exactly_converted_e4m3_on_sm120a():

@@ -1,6 +1,7 @@
 // Phase 5: normalise and store. Without splits the CTA writes its rows of out (and the natural-log
 // LSE); with splits it writes fp32 partial rows and their log2-sum-exp2 to the workspace for the
-// combine. Also the rows of a split that found no tokens.
+// combine, or (a cluster launch) into its drained ring for the cluster's merge
+// (cluster_merge.cuh). Also the rows of a split that found no tokens.
 #pragma once
 
 #include "../elem_ops.cuh"
@@ -15,19 +16,26 @@
 
 namespace mla {
 
-// A split with no KV tile: its partial rows read -inf (the combine skips them); without splits,
-// zeros and -inf in out / lse so nothing reads garbage.
-template <class Cfg>
+// Where a CTA's rows go: by the launch's split count (out, or the workspace for the combine
+// kernel), to out whatever the split count (a cluster whose split 0 alone has tokens), or into
+// the ring for the cluster's merge (cluster_merge.cuh).
+enum class RowsTo { BY_SPLITS, OUT, RING };
+
+// A split with no KV tile: its partial rows read -inf (the combine skips them); without splits
+// (or RowsTo::OUT: a cluster none of whose splits has tokens), zeros and -inf in out / lse so
+// nothing reads garbage.
+template <class Cfg, RowsTo TO = RowsTo::BY_SPLITS>
 __device__ void write_empty_rows(const DecodeParams& p, int b, const RowGeometry& geo, int split) {
+  static_assert(TO != RowsTo::RING, "an empty split writes nothing into its ring");
   using OT = typename ElemOps<Cfg::OUT>::storage;
   for (int i = threadIdx.x; i < Cfg::ROWS; i += Cfg::CONSUMER_THREADS) {
-    if (p.num_splits > 1) {
+    if (TO == RowsTo::BY_SPLITS && p.num_splits > 1) {
       p.partial_lse[partial_row(b, geo.row_tile, split, i, p.row_tiles, p.num_splits, Cfg::ROWS)] = -INFINITY;
     } else if (geo.valid(i, Cfg::ROWS)) {
       p.lse[geo.token(b, i, Cfg::ROWS) * p.num_heads + geo.head(i, Cfg::ROWS)] = -INFINITY;
     }
   }
-  if (p.num_splits > 1) return;
+  if (TO == RowsTo::BY_SPLITS && p.num_splits > 1) return;
   // Zero the output rows: 512 channels of 2 bytes each, 16 bytes per store.
   constexpr int VEC = 8;
   for (int i = threadIdx.x; i < Cfg::ROWS * (V_DIM / VEC); i += Cfg::CONSUMER_THREADS) {
@@ -39,12 +47,15 @@ __device__ void write_empty_rows(const DecodeParams& p, int b, const RowGeometry
   }
 }
 
-// Where a row's log2-sum-exp2 goes: its split's partial, or (natural log) the output lse.
-template <class Cfg>
-__device__ __forceinline__ void store_lse(const DecodeParams& p, int b, int split, const RowGeometry& geo, int row,
-                                          float m, float l, float scale) {
+// Where a row's log2-sum-exp2 goes: its split's partial (the workspace, or the merge's lse in
+// shared memory), or (natural log) the output lse.
+template <class Cfg, RowsTo TO = RowsTo::BY_SPLITS>
+__device__ __forceinline__ void store_lse(const DecodeParams& p, uint8_t* smem, int b, int split,
+                                          const RowGeometry& geo, int row, float m, float l, float scale) {
   const float lse2 = l > 0.f ? m * scale + __log2f(l) : -INFINITY;
-  if (p.num_splits > 1)
+  if constexpr (TO == RowsTo::RING)
+    reinterpret_cast<float*>(smem + Cfg::OFF_MERGE_LSE)[row] = lse2;
+  else if (TO == RowsTo::BY_SPLITS && p.num_splits > 1)
     p.partial_lse[partial_row(b, geo.row_tile, split, row, p.row_tiles, p.num_splits, Cfg::ROWS)] = lse2;
   else if (geo.valid(row, Cfg::ROWS))
     p.lse[geo.token(b, row, Cfg::ROWS) * p.num_heads + geo.head(row, Cfg::ROWS)] = lse2 * LN2;
@@ -52,14 +63,14 @@ __device__ __forceinline__ void store_lse(const DecodeParams& p, int b, int spli
 
 // The thread's output rows g and g + 8 of its m-tile, its V_COLS_PER_WARP columns, divided by
 // the rows' sums l[0], l[1]: to out, or to the split's fp32 partial rows.
-template <class Cfg>
-__device__ __forceinline__ void store_output(const DecodeParams& p, int b, int split, const RowGeometry& geo,
-                                             int mtile, int slice, const float (&l)[2], float kv_scale,
-                                             const float (&acc)[Cfg::PV_NTILES][4]) {
+template <class Cfg, RowsTo TO = RowsTo::BY_SPLITS>
+__device__ __forceinline__ void store_output(const DecodeParams& p, uint8_t* smem, int b, int split,
+                                             const RowGeometry& geo, int mtile, int slice, const float (&l)[2],
+                                             float kv_scale, const float (&acc)[Cfg::PV_NTILES][4]) {
   using OT = typename ElemOps<Cfg::OUT>::storage;
   const int lane = threadIdx.x % 32;
   const int g = lane / 4, q4 = lane % 4;
-  const bool split_mode = p.num_splits > 1;
+  const bool split_mode = TO == RowsTo::RING || (TO == RowsTo::BY_SPLITS && p.num_splits > 1);
   // FP8: acc = sum p * v_e4m3 (x 2^8 for e4m3 P), so one factor restores kv_scale and the P scale.
   float out_factor = Cfg::FP8_CACHE ? kv_scale / (Cfg::E4M3_MMA ? Cfg::P_E4M3_SCALE : 1.f) : 1.f;
 #if MLA_MUTATE_OUT_SCALE_ULPS != 0
@@ -71,9 +82,13 @@ __device__ __forceinline__ void store_output(const DecodeParams& p, int b, int s
     const int row = mtile * 16 + g + 8 * hh;
     const float inv = l[hh] > 0.f ? out_factor / l[hh] : 0.f;
     if (!geo.valid(row, Cfg::ROWS) && !split_mode) continue;
-    float* part = split_mode
-                      ? p.partial_out + partial_row(b, geo.row_tile, split, row, p.row_tiles, p.num_splits, Cfg::ROWS) * V_DIM
-                      : nullptr;
+    float* part;
+    if constexpr (TO == RowsTo::RING)
+      part = reinterpret_cast<float*>(smem + Cfg::OFF_MERGE_O) + row * Cfg::MERGE_ROW_FLOATS;
+    else
+      part = split_mode ? p.partial_out +
+                              partial_row(b, geo.row_tile, split, row, p.row_tiles, p.num_splits, Cfg::ROWS) * V_DIM
+                        : nullptr;
     OT* out = split_mode ? nullptr
                          : static_cast<OT*>(p.out) + geo.token(b, row, Cfg::ROWS) * p.out_stride_t +
                                geo.head(row, Cfg::ROWS) * p.out_stride_h;
@@ -110,8 +125,9 @@ __device__ __forceinline__ void store_output(const DecodeParams& p, int b, int s
   }
 }
 
-// The softmax owners publish m and l (and write the LSE); everyone then stores.
-template <class Cfg>
+// The softmax owners publish m and l (and write the LSE); everyone then stores. Into the ring
+// only once every math warp is done with its last tile.
+template <class Cfg, RowsTo TO = RowsTo::BY_SPLITS>
 __device__ __forceinline__ void epilogue(const DecodeParams& p, uint8_t* smem, int b, int split,
                                          const RowGeometry& geo, int mtile, int slice, const RowSoftmax& st,
                                          float kv_scale, const float (&acc)[Cfg::PV_NTILES][4],
@@ -120,14 +136,20 @@ __device__ __forceinline__ void epilogue(const DecodeParams& p, uint8_t* smem, i
   const int g = lane / 4;
   const RowStats stats = row_stats<Cfg>(smem);
   const int own_row = mtile * 16 + softmax_row<Cfg>(slice, lane);
-  if (lane % Cfg::LANES_PER_ROW == 0) {
+  const bool owner = lane % Cfg::LANES_PER_ROW == 0;
+  if (owner) {
     stats.m[own_row] = st.m;
     stats.l[own_row] = st.l;
-    store_lse<Cfg>(p, b, split, geo, own_row, st.m, st.l, stats.scale[own_row]);
+    if constexpr (TO != RowsTo::RING) store_lse<Cfg, TO>(p, smem, b, split, geo, own_row, st.m, st.l, stats.scale[own_row]);
   }
-  named_barrier_sync(group_barrier, Cfg::SLICES * 32);
+  if constexpr (TO == RowsTo::RING) {
+    named_barrier_sync(BARRIER_CONSUMERS, Cfg::CONSUMER_THREADS);
+    if (owner) store_lse<Cfg, TO>(p, smem, b, split, geo, own_row, st.m, st.l, stats.scale[own_row]);
+  } else {
+    named_barrier_sync(group_barrier, Cfg::SLICES * 32);
+  }
   const float l[2] = {stats.l[mtile * 16 + g], stats.l[mtile * 16 + g + 8]};
-  store_output<Cfg>(p, b, split, geo, mtile, slice, l, kv_scale, acc);
+  store_output<Cfg, TO>(p, smem, b, split, geo, mtile, slice, l, kv_scale, acc);
 }
 
 }  // namespace mla

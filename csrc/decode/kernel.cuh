@@ -10,7 +10,9 @@
 //   3. exchange the partials; each warp runs the online softmax of 4 of the 16 rows and
 //      publishes P and alpha in shared memory (softmax.cuh),
 //   4. compute O = alpha O + P V over their 128 output columns (pv.cuh),
-// and finally normalise and store O and the LSE, or the split's partials (epilogue.cuh).
+// and finally normalise and store O and the LSE, or the split's partials (epilogue.cuh): to the
+// workspace for the combine kernel, or, in a cluster launch, to shared memory, where the
+// cluster's splits merge them (cluster_merge.cuh).
 // csrc/README.md describes the design and what was measured.
 #pragma once
 
@@ -21,6 +23,7 @@
 #include "../config.cuh"
 #include "../params.h"
 #include "../ptx.cuh"
+#include "cluster_merge.cuh"
 #include "epilogue.cuh"
 #include "geometry.cuh"
 #include "producer.cuh"
@@ -32,7 +35,9 @@
 
 namespace mla {
 
-template <class Cfg>
+// CLUSTER: the launch is a cluster per (request, row tile) whose splits merge in shared memory
+// (a separate instantiation: the plain kernel's code is then exactly the one measured without it).
+template <class Cfg, bool CLUSTER>
 __global__ void __launch_bounds__(Cfg::THREADS) __maxnreg__(Cfg::MAX_REGISTERS)
     mla_decode_kernel(const __grid_constant__ CUtensorMap kv_map, const DecodeParams p) {
   extern __shared__ __align__(1024) uint8_t smem[];
@@ -55,7 +60,13 @@ __global__ void __launch_bounds__(Cfg::THREADS) __maxnreg__(Cfg::MAX_REGISTERS)
   const RowGeometry geo{rows, seq_len, kv_len, p.causal != 0};
 
   if (range.empty()) {  // no tokens: no barrier, no load
-    if (warp < Cfg::CONSUMER_WARPS) write_empty_rows<Cfg>(p, b, geo, split);
+    if constexpr (CLUSTER) {
+      // The others know this split is empty (split_range gives tokens to a prefix of the splits)
+      // and read nothing of it; but where no split has tokens, split 0 writes the empty rows.
+      if (warp < Cfg::CONSUMER_WARPS && split == 0) write_empty_rows<Cfg, RowsTo::OUT>(p, b, geo, split);
+    } else {
+      if (warp < Cfg::CONSUMER_WARPS) write_empty_rows<Cfg>(p, b, geo, split);
+    }
     return;
   }
 
@@ -141,7 +152,18 @@ __global__ void __launch_bounds__(Cfg::THREADS) __maxnreg__(Cfg::MAX_REGISTERS)
     }
   };
   tile_loop();
-  epilogue<Cfg>(p, smem, b, split, geo, mtile, slice, st, kv_scale, acc, group_barrier);
+  if constexpr (CLUSTER) {
+    // The splits with tokens (a prefix), worked out only now: nothing of it stays live in the loop.
+    const int active = splits_with_tokens(ceil_div(kv_len, Cfg::TOKENS), p.num_splits, p.min_tiles_per_split);
+    if (active > 1) {
+      epilogue<Cfg, RowsTo::RING>(p, smem, b, split, geo, mtile, slice, st, kv_scale, acc, group_barrier);
+      cluster_merge<Cfg>(p, smem, b, geo, split, active);
+    } else {  // split 0 alone has tokens: its rows are the output
+      epilogue<Cfg, RowsTo::OUT>(p, smem, b, split, geo, mtile, slice, st, kv_scale, acc, group_barrier);
+    }
+  } else {
+    epilogue<Cfg>(p, smem, b, split, geo, mtile, slice, st, kv_scale, acc, group_barrier);
+  }
 }
 
 }  // namespace mla

@@ -254,6 +254,37 @@ def forced_rows(rows: int | None):
             os.environ[ROWS_ENV] = old
 
 
+@contextlib.contextmanager
+def tuning_override(**keys):
+    """The device's tuning table with `keys` replaced (None values ignored) for the duration; the
+    plan cache is cleared on entry and exit (tuning is not part of its key)."""
+    from mla_plugin import configs, dispatch
+
+    keys = {k: v for k, v in keys.items() if v is not None}
+    if not keys:
+        yield
+        return
+    original = configs.tuning_for
+    configs.tuning_for = lambda name: {**original(name), **keys}
+    dispatch.launch_plan.cache_clear()
+    try:
+        yield
+    finally:
+        configs.tuning_for = original
+        dispatch.launch_plan.cache_clear()
+
+
+def cluster_capable(plan) -> bool:
+    """Whether the extension says the plan's variant can merge its splits in a cluster of
+    plan.num_splits on the current device (the e4m3 opt-in's 32-row ring cannot)."""
+    from mla_plugin import dispatch
+
+    v = plan.variant
+    return dispatch.extension().max_active_clusters(v.kv, v.q, v.out, v.mma, v.rows, plan.num_splits,
+                                                    plan.smem_bytes,
+                                                    torch.cuda.current_device() if torch.cuda.is_available() else 0) > 0
+
+
 # The CPU dry run (tests/test_gpu_dry_run.py) sets this to tests.fake_cuda.call_as_cuda: the
 # op's CUDA branch then runs on fake-CUDA tensors, against an emulated kernel.
 ADAPTER = None

@@ -65,7 +65,9 @@ def pytest_configure(config):
     mutation = fake_cuda.parse_mutation(spec)
     # A build with the kernel's mutation macros (scripts/mutation_check.sh): the same mutation.
     mutation.update(fake_cuda.mutation_from_defines(os.environ.get("MLA_PLUGIN_NVCC_DEFINES", "")))
-    undo = fake_cuda.install_globally(fake_cuda.FakeExtension(fake_cuda.emulated_kernel(**mutation)))
+    ext = fake_cuda.FakeExtension(fake_cuda.emulated_kernel(**mutation))
+    ext.CLUSTERS = 1024  # as a GPU with clusters answers: plans merge 2-8 splits in a cluster
+    undo = fake_cuda.install_globally(ext)
     saved = (cases.DEVICE, cases.ADAPTER, cases.EMULATED)
     described = ",".join(f"{k}={v}" for k, v in mutation.items()) or "honest"
     cases.DEVICE, cases.ADAPTER, cases.EMULATED = "cpu", fake_cuda.call_as_cuda, described

@@ -45,6 +45,24 @@ inline cudaError_t ensure_smem_attribute(Kernel kernel, int smem_bytes) {
 template <class Cfg>
 struct ClusterTag {};
 
+// A launch of `grid` whose (1, splits, 1) CTAs of each (request, row tile) are one cluster; `attr`
+// holds the cluster shape and must outlive the config.
+inline cudaLaunchConfig_t split_cluster_config(dim3 grid, int threads, int smem, cudaStream_t stream, int splits,
+                                               cudaLaunchAttribute* attr) {
+  cudaLaunchConfig_t config = {};
+  config.gridDim = grid;
+  config.blockDim = dim3(threads);
+  config.dynamicSmemBytes = static_cast<size_t>(smem);
+  config.stream = stream;
+  attr->id = cudaLaunchAttributeClusterDimension;
+  attr->val.clusterDim.x = 1;
+  attr->val.clusterDim.y = static_cast<unsigned>(splits);
+  attr->val.clusterDim.z = 1;
+  config.attrs = attr;
+  config.numAttrs = 1;
+  return config;
+}
+
 template <Elem OUT>
 inline std::string launch_combine(const DecodeLaunch& L, int rows_per_cta) {
   const DecodeParams& d = L.params;
@@ -91,18 +109,9 @@ inline std::string launch_config(const DecodeLaunch& L, const CUtensorMap& kv_ma
     auto kernel = mla_decode_kernel<Cfg, Cfg::CLUSTER_MERGE>;
     err = ensure_smem_attribute<ClusterTag<Cfg>>(kernel, smem);
     if (err != cudaSuccess) return cuda_error_text("cudaFuncSetAttribute(max dynamic shared memory)", err);
-    cudaLaunchConfig_t config = {};
-    config.gridDim = grid;
-    config.blockDim = dim3(Cfg::THREADS);
-    config.dynamicSmemBytes = static_cast<size_t>(smem);
-    config.stream = L.stream;
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeClusterDimension;
-    attr[0].val.clusterDim.x = 1;
-    attr[0].val.clusterDim.y = static_cast<unsigned>(L.params.num_splits);
-    attr[0].val.clusterDim.z = 1;
-    config.attrs = attr;
-    config.numAttrs = 1;
+    cudaLaunchAttribute attr;
+    const cudaLaunchConfig_t config =
+        split_cluster_config(grid, Cfg::THREADS, smem, L.stream, L.params.num_splits, &attr);
     err = cudaLaunchKernelEx(&config, kernel, kv_map, L.params);
     if (err != cudaSuccess) return cuda_error_text("decode kernel launch (cluster)", err);
     return std::string();
@@ -125,20 +134,12 @@ inline int max_active_clusters_of(int splits, int smem_bytes) {
   auto kernel = mla_decode_kernel<Cfg, Cfg::CLUSTER_MERGE>;
   const int smem = smem_bytes > Cfg::SMEM_BYTES ? smem_bytes : Cfg::SMEM_BYTES;
   if (ensure_smem_attribute<ClusterTag<Cfg>>(kernel, smem) != cudaSuccess) return 0;
-  cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(1, splits, 1);
-  config.blockDim = dim3(Cfg::THREADS);
-  config.dynamicSmemBytes = static_cast<size_t>(smem);
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = 1;
-  attr[0].val.clusterDim.y = static_cast<unsigned>(splits);
-  attr[0].val.clusterDim.z = 1;
-  config.attrs = attr;
-  config.numAttrs = 1;
+  cudaLaunchAttribute attr;
+  const cudaLaunchConfig_t config = split_cluster_config(dim3(1, splits, 1), Cfg::THREADS, smem, nullptr, splits, &attr);
   int clusters = 0;
   if (cudaOccupancyMaxActiveClusters(&clusters, kernel, &config) != cudaSuccess) {
-    (void)cudaGetLastError();  // a device without clusters: merge through the combine kernel
+    // No answer (e.g. a device without cluster launch): its splits merge by the combine kernel.
+    (void)cudaGetLastError();
     return 0;
   }
   return clusters;

@@ -15,9 +15,9 @@ from .cases import SOFTMAX_SCALE, Case, assert_close, last_plan, make_inputs, me
 
 pytestmark = pytest.mark.gpu
 
-# 40 requests: every awkward length a split can meet. Empty (no split has tokens: split 0 writes
-# the zero rows), one token and a tile's worth (only split 0: it writes out itself), page
-# boundaries +-1, and long ones that fill every split.
+# Every awkward length a split can meet: empty (no split has tokens: split 0 writes the zero
+# rows), one token and a tile's worth (only split 0: it writes out itself), page boundaries +-1,
+# and long ones that fill every split.
 LENGTHS = [0, 1, 31, 32, 33, 63, 64, 65, 127, 128, 129, 300, 1000, 2047, 2048, 2049, 4095, 4096, 4097, 6000]
 # Lengths per (forced splits, heads): at 16 heads one row tile per request, 40 requests in clusters
 # of 4 and 20 in clusters of 8; at 20 heads x query_len 2 (40 rows: three row tiles, the last

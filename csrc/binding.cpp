@@ -143,7 +143,7 @@ void decode(const at::Tensor& q_nope, const at::Tensor& q_pe, const at::Tensor& 
   p.max_blocks = static_cast<int>(block_table.size(1));
   p.num_splits = static_cast<int>(num_splits);
   p.min_tiles_per_split = static_cast<int>(min_tiles_per_split);
-  p.cluster_merge = cluster_merge ? 1 : 0;
+  L.cluster_merge = cluster_merge;
   TORCH_CHECK_VALUE(!cluster_merge || num_splits > 1, "mla_plugin: cluster_merge needs num_splits > 1, got ",
                     num_splits);
   if (num_splits > 1 && !cluster_merge) {

@@ -100,7 +100,7 @@ inline std::string launch_config(const DecodeLaunch& L, const CUtensorMap& kv_ma
   const int smem = L.smem_bytes > Cfg::SMEM_BYTES ? L.smem_bytes : Cfg::SMEM_BYTES;
   const dim3 grid(L.params.row_tiles, L.params.num_splits, L.params.batch);
   cudaError_t err;
-  if (L.params.cluster_merge) {
+  if (L.cluster_merge) {
     // The splits of a (request, row tile) are one cluster: they merge in shared memory.
     if (!Cfg::CLUSTER_MERGE || L.params.num_splits < 2 || L.params.num_splits > MAX_CLUSTER_SPLITS)
       return "cluster_merge needs 2.." + std::to_string(MAX_CLUSTER_SPLITS) +

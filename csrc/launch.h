@@ -19,6 +19,9 @@ struct DecodeLaunch {
   int rows_per_cta;  // 16 or 32
   int smem_bytes;    // dynamic shared memory to request (0: the variant's own)
   int sm_count;      // of the current device (sizes the combine's grid)
+  // The splits of each (request, row tile) launched as one thread block cluster that merges them
+  // in shared memory (mla_decode_kernel<Cfg, true>, cluster_merge.cuh): no workspace, no combine.
+  bool cluster_merge;
   // KV cache [num_blocks, block_size, 576]; strides in elements.
   const void* kv_cache;
   int64_t num_blocks;
@@ -27,7 +30,8 @@ struct DecodeLaunch {
 };
 
 // Launch the decode kernel (and the split combine when params.num_splits > 1, unless
-// params.cluster_merge) on the current device. Returns an empty string on success, else a message naming what went wrong.
+// cluster_merge) on the current device. Returns an empty string on success, else a message
+// naming what went wrong.
 std::string launch_decode(const DecodeLaunch& launch);
 
 // One compiled variant of csrc/variants.def (explicitly instantiated in launch_<UNIT>.cu).

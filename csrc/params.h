@@ -38,10 +38,6 @@ struct DecodeParams {
   int batch;
   int rows_per_request;  // query_len * num_heads
   int row_tiles;         // ceil(rows_per_request / rows per CTA)
-  // 1: the splits of a (request, row tile) are one thread block cluster (launched so) and merge in
-  // shared memory (cluster_merge.cuh); no workspace, no combine kernel. (Last: the plain kernels
-  // keep the parameter offsets, and so the code, that were measured without it.)
-  int cluster_merge;
 };
 
 struct CombineParams {

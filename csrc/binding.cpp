@@ -100,7 +100,7 @@ void decode(const at::Tensor& q_nope, const at::Tensor& q_pe, const at::Tensor& 
             double softmax_scale, const c10::optional<at::Tensor>& kv_scale_t, double kv_scale,
             const c10::optional<at::Tensor>& q_scale_t, double q_scale, int64_t query_len, bool causal,
             const std::string& mma, int64_t rows_per_cta, int64_t num_splits, int64_t min_tiles_per_split,
-            bool cluster_merge, int64_t smem_bytes_requested) {
+            int64_t split_budget, bool cluster_merge, int64_t smem_bytes_requested) {
   const c10::cuda::CUDAGuard guard(q_nope.device());
   for (const at::Tensor* t : {&q_pe, &kv_cache, &block_table, &seq_lens, static_cast<const at::Tensor*>(&out), static_cast<const at::Tensor*>(&lse)})
     TORCH_CHECK_VALUE(t->device() == q_nope.device(), "mla_plugin: all tensors must be on ", q_nope.device());
@@ -123,7 +123,8 @@ void decode(const at::Tensor& q_nope, const at::Tensor& q_pe, const at::Tensor& 
   L.smem_bytes = static_cast<int>(smem_bytes_requested);
   L.sm_count = device_info(q_nope.get_device()).sm_count;
   check_device_can_run(q_nope.get_device(), smem_bytes_requested > smem ? static_cast<int>(smem_bytes_requested) : smem);
-  TORCH_CHECK_VALUE(min_tiles_per_split >= 1, "mla_plugin: min_tiles_per_split must be >= 1");
+  TORCH_CHECK_VALUE(min_tiles_per_split >= 1, "mla_plugin: min_tiles_per_split must be >= 1, got ", min_tiles_per_split);
+  TORCH_CHECK_VALUE(split_budget >= 0, "mla_plugin: split_budget must be >= 0 (0: no balancing), got ", split_budget);
 
   mla::DecodeParams& p = L.params;
   p.q_nope = q_nope.data_ptr();
@@ -143,8 +144,14 @@ void decode(const at::Tensor& q_nope, const at::Tensor& q_pe, const at::Tensor& 
   p.max_blocks = static_cast<int>(block_table.size(1));
   p.num_splits = static_cast<int>(num_splits);
   p.min_tiles_per_split = static_cast<int>(min_tiles_per_split);
+  p.split_budget = static_cast<int>(split_budget);
   L.cluster_merge = cluster_merge;
   TORCH_CHECK_VALUE(!cluster_merge || num_splits > 1, "mla_plugin: cluster_merge needs num_splits > 1, got ",
+                    num_splits);
+  TORCH_CHECK_VALUE(!cluster_merge || split_budget == 0,
+                    "mla_plugin: cluster_merge takes split_budget 0 (balanced splits merge by the combine), got ",
+                    split_budget);
+  TORCH_CHECK_VALUE(split_budget == 0 || num_splits > 1, "mla_plugin: split_budget needs num_splits > 1, got ",
                     num_splits);
   if (num_splits > 1 && !cluster_merge) {
     TORCH_CHECK_VALUE(partial_out.has_value() && partial_lse.has_value(),
@@ -163,6 +170,14 @@ void decode(const at::Tensor& q_nope, const at::Tensor& q_pe, const at::Tensor& 
   p.batch = static_cast<int>(seq_lens.size(0));
   p.rows_per_request = p.num_heads * p.query_len;
   p.row_tiles = (p.rows_per_request + L.rows_per_cta - 1) / L.rows_per_cta;
+  if (num_splits > 1 && !cluster_merge) {
+    // partial_row(): one workspace row per (request, row tile, split, row of the tile).
+    const int64_t rows_needed = static_cast<int64_t>(p.batch) * p.row_tiles * num_splits * L.rows_per_cta;
+    TORCH_CHECK_VALUE(partial_lse->numel() >= rows_needed && partial_out->numel() >= rows_needed * mla::V_DIM,
+                      "mla_plugin: the split workspace holds ", partial_lse->numel(), " rows; batch ", p.batch,
+                      " x row tiles ", p.row_tiles, " x num_splits ", num_splits, " x rows_per_cta ",
+                      L.rows_per_cta, " needs ", rows_needed);
+  }
 
   L.kv_cache = kv_cache.data_ptr();
   L.num_blocks = kv_cache.size(0);

@@ -56,7 +56,9 @@ __global__ void __launch_bounds__(COMBINE_THREADS) mla_combine_kernel(const Comb
   // Only the splits split_range gave tokens can hold a partial: a plan made for max_model_len
   // has many more, and they cost nothing here.
   const int kv_len = max(0, min(__ldg(p.seq_lens + b), p.kv_capacity));
-  const int splits = splits_with_tokens(ceil_div(kv_len, TILE_TOKENS), p.num_splits, p.min_tiles_per_split);
+  const int splits = splits_with_tokens(
+      ceil_div(kv_len, TILE_TOKENS), p.num_splits,
+      balanced_min_tiles(p.seq_lens, p.batch, p.kv_capacity, TILE_TOKENS, p.min_tiles_per_split, p.split_budget));
 
   // Every split's lse, their max and the sum of the weights exp2(lse - max).
   float mx = -INFINITY;

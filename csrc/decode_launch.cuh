@@ -44,6 +44,9 @@ inline cudaError_t ensure_smem_attribute(Kernel kernel, int smem_bytes) {
 // The cluster instantiation's own flag set for ensure_smem_attribute.
 template <class Cfg>
 struct ClusterTag {};
+// ... and the balanced instantiation's.
+template <class Cfg>
+struct BalancedTag {};
 
 // A launch of `grid` whose (1, splits, 1) CTAs of each (request, row tile) are one cluster; `attr`
 // holds the cluster shape and must outlive the config.
@@ -82,6 +85,8 @@ inline std::string launch_combine(const DecodeLaunch& L, int rows_per_cta) {
   c.seq_lens = d.seq_lens;
   c.kv_capacity = d.max_blocks * d.block_size;
   c.min_tiles_per_split = d.min_tiles_per_split;
+  c.split_budget = d.split_budget;
+  c.batch = d.batch;
   if (c.num_splits > COMBINE_MAX_SPLITS)
     return "num_splits " + std::to_string(c.num_splits) + " exceeds the combine's " + std::to_string(COMBINE_MAX_SPLITS);
   // Enough CTAs to cover the GPU twice: many rows keep each row in one CTA, a few rows split
@@ -101,12 +106,13 @@ inline std::string launch_config(const DecodeLaunch& L, const CUtensorMap& kv_ma
   const dim3 grid(L.params.row_tiles, L.params.num_splits, L.params.batch);
   cudaError_t err;
   if (L.cluster_merge) {
+    if (L.params.split_budget != 0) return "cluster_merge takes no split_budget (balanced splits merge by the combine)";
     // The splits of a (request, row tile) are one cluster: they merge in shared memory.
     if (!Cfg::CLUSTER_MERGE || L.params.num_splits < 2 || L.params.num_splits > MAX_CLUSTER_SPLITS)
       return "cluster_merge needs 2.." + std::to_string(MAX_CLUSTER_SPLITS) +
              " splits and a variant whose ring holds the merge; got num_splits " +
              std::to_string(L.params.num_splits);
-    auto kernel = mla_decode_kernel<Cfg, Cfg::CLUSTER_MERGE>;
+    auto kernel = mla_decode_kernel<Cfg, Cfg::CLUSTER_MERGE, false>;
     err = ensure_smem_attribute<ClusterTag<Cfg>>(kernel, smem);
     if (err != cudaSuccess) return cuda_error_text("cudaFuncSetAttribute(max dynamic shared memory)", err);
     cudaLaunchAttribute attr;
@@ -116,10 +122,21 @@ inline std::string launch_config(const DecodeLaunch& L, const CUtensorMap& kv_ma
     if (err != cudaSuccess) return cuda_error_text("decode kernel launch (cluster)", err);
     return std::string();
   }
-  auto kernel = mla_decode_kernel<Cfg, false>;
-  err = ensure_smem_attribute<Cfg>(kernel, smem);
-  if (err != cudaSuccess) return cuda_error_text("cudaFuncSetAttribute(max dynamic shared memory)", err);
-  kernel<<<grid, Cfg::THREADS, smem, L.stream>>>(kv_map, L.params);
+  if (L.params.split_budget > 0) {
+    // Balanced splits: split_budget + batch slots per row tile (balanced_slot), the requests'
+    // splits end to end, rather than num_splits per request.
+    if (L.params.num_splits < 2) return "split_budget needs num_splits > 1 (the combine merges the splits)";
+    auto kernel = mla_decode_kernel<Cfg, false, true>;
+    err = ensure_smem_attribute<BalancedTag<Cfg>>(kernel, smem);
+    if (err != cudaSuccess) return cuda_error_text("cudaFuncSetAttribute(max dynamic shared memory)", err);
+    const dim3 slots(L.params.row_tiles, L.params.split_budget + L.params.batch, 1);
+    kernel<<<slots, Cfg::THREADS, smem, L.stream>>>(kv_map, L.params);
+  } else {
+    auto kernel = mla_decode_kernel<Cfg, false, false>;
+    err = ensure_smem_attribute<Cfg>(kernel, smem);
+    if (err != cudaSuccess) return cuda_error_text("cudaFuncSetAttribute(max dynamic shared memory)", err);
+    kernel<<<grid, Cfg::THREADS, smem, L.stream>>>(kv_map, L.params);
+  }
   err = cudaGetLastError();
   if (err != cudaSuccess) return cuda_error_text("decode kernel launch", err);
   if (L.params.num_splits > 1) return launch_combine<Cfg::OUT>(L, Cfg::ROWS);
@@ -131,7 +148,7 @@ inline std::string launch_config(const DecodeLaunch& L, const CUtensorMap& kv_ma
 template <class Cfg>
 inline int max_active_clusters_of(int splits, int smem_bytes) {
   if (!Cfg::CLUSTER_MERGE || splits < 2 || splits > MAX_CLUSTER_SPLITS) return 0;
-  auto kernel = mla_decode_kernel<Cfg, Cfg::CLUSTER_MERGE>;
+  auto kernel = mla_decode_kernel<Cfg, Cfg::CLUSTER_MERGE, false>;
   const int smem = smem_bytes > Cfg::SMEM_BYTES ? smem_bytes : Cfg::SMEM_BYTES;
   if (ensure_smem_attribute<ClusterTag<Cfg>>(kernel, smem) != cudaSuccess) return 0;
   cudaLaunchAttribute attr;

@@ -20,7 +20,9 @@ struct DecodeLaunch {
   int smem_bytes;    // dynamic shared memory to request (0: the variant's own)
   int sm_count;      // of the current device (sizes the combine's grid)
   // The splits of each (request, row tile) launched as one thread block cluster that merges them
-  // in shared memory (mla_decode_kernel<Cfg, true>, cluster_merge.cuh): no workspace, no combine.
+  // in shared memory (mla_decode_kernel<Cfg, true, false>, cluster_merge.cuh): no workspace, no
+  // combine. (params.split_budget > 0 launches mla_decode_kernel<Cfg, false, true> instead: length-
+  // balanced splits over split_budget + batch slots per row tile, merged by the combine.)
   bool cluster_merge;
   // KV cache [num_blocks, block_size, 576]; strides in elements.
   const void* kv_cache;

@@ -26,6 +26,7 @@ struct DecodeParams {
   float* partial_lse;
   int num_splits;
   int min_tiles_per_split;  // a split takes at least this many KV tiles of the real length
+  int split_budget;         // > 0: splits balanced over the batch's lengths (balanced_min_tiles)
   // Scales: a device pointer wins over the value (vLLM keeps layer._k_scale on the GPU).
   const float* kv_scale_ptr;
   const float* q_scale_ptr;
@@ -53,6 +54,8 @@ struct CombineParams {
   const int32_t* seq_lens;
   int kv_capacity;  // block_table width x block_size
   int min_tiles_per_split;
+  int split_budget;
+  int batch;
 };
 
 }  // namespace mla

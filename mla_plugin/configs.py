@@ -6,6 +6,12 @@ A table matches a GPU when one of its `match` strings occurs in the device name.
   min_tokens_per_split  a split shorter than this costs more in combine traffic than it gains
   max_cluster_splits    up to this many splits of a request merge inside a thread block cluster
                         (no combine kernel) where the GPU holds all the clusters at once; 0: never
+  ragged_headroom       a plan of 2..max_balanced_splits splits per request balances them over the
+                        batch's lengths, each request taking up to this many times the plan's
+                        splits (a ragged batch's long requests more, its short ones fewer; merged
+                        by the combine kernel, before any cluster merge); 1: never
+  max_balanced_splits   the most splits per request a plan balances (more, shorter splits gain
+                        nothing from it)
 Missing keys take DEFAULTS; a GPU no table matches uses DEFAULTS alone.
 """
 
@@ -14,7 +20,8 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-DEFAULTS = {"waves": 1.0, "max_splits": 64, "min_tokens_per_split": 256, "max_cluster_splits": 8}
+DEFAULTS = {"waves": 1.0, "max_splits": 64, "min_tokens_per_split": 256, "max_cluster_splits": 8,
+            "ragged_headroom": 2, "max_balanced_splits": 8}
 _KEYS = set(DEFAULTS) | {"name", "match"}
 
 

@@ -119,12 +119,32 @@ def plan_launch(batch: int, rows_per_request: int, facts: DeviceFacts, smem_per_
     return Plan(rows_per_cta, row_tiles, max(1, splits), target)
 
 
+def ragged_headroom(tuning: dict) -> int:
+    return max(1, int(tuning.get("ragged_headroom", configs.DEFAULTS["ragged_headroom"])))
+
+
+def balanced_splits(plan_splits: int, batch: int, tuning: dict, split_cap: int | None) -> tuple[int, int]:
+    """(splits cap per request, split budget) for a plan of `plan_splits` per request that merges
+    by the combine kernel. The cap is ragged_headroom times the plan's splits (at most split_cap,
+    the splits the longest request can fill, and MAX_KV_SPLITS), the budget plan_splits x batch.
+    The kernel then gives each split at least ceil(the batch's tiles / budget) tiles and lays the
+    requests' splits end to end over budget + batch CTAs per row tile (csrc/decode/geometry.cuh,
+    balanced_slot): a ragged batch's long requests take up to the cap and its short ones fewer,
+    while a batch of equal lengths runs exactly the plan's splits. The workspace is indexed by
+    (request, split < cap). (plan_splits, 0) where there is no headroom."""
+    grid = plan_splits * ragged_headroom(tuning)
+    grid = min(grid, MAX_KV_SPLITS, *([split_cap] if split_cap else []))
+    if plan_splits < 2 or grid <= plan_splits:
+        return plan_splits, 0
+    return grid, plan_splits * batch
+
+
 def workspace_rows(facts: DeviceFacts, tuning: dict) -> int:
     """Rows of the split workspace: enough for the largest split grid plan_launch can make
     (ctas * splits <= target when splits > 1, target at most waves x SMs x 2 CTAs per SM on
-    any GPU we serve), at the widest row tile."""
+    any GPU we serve), times the ragged headroom (balanced_splits), at the widest row tile."""
     max_target = math.ceil(tuning["waves"] * facts.sm_count * MAX_CTAS_PER_SM)
-    return max_target * ROWS_PER_CTA_CHOICES[-1]
+    return max_target * ragged_headroom(tuning) * ROWS_PER_CTA_CHOICES[-1]
 
 
 def workspace(device: torch.device, facts: DeviceFacts, tuning: dict):
@@ -228,6 +248,7 @@ class LaunchPlan:
     partial_out: torch.Tensor | None
     partial_lse: torch.Tensor | None
     cluster_merge: bool = False  # the splits merge inside a thread block cluster: no workspace, no combine
+    split_budget: int = 0  # > 0: the kernel balances num_splits over the batch's lengths (balanced_splits)
 
 
 def merges_in_cluster(ext, shape: LaunchShape, variant: Variant, row_tiles: int, splits: int, smem: int,
@@ -270,15 +291,25 @@ def launch_plan(shape: LaunchShape) -> LaunchPlan:
     min_tiles = 1 if shape.forced_splits else max(1, int(tuning["min_tokens_per_split"]) // tokens_per_tile)
     splits = shape.forced_splits or plan.num_splits
     _launched.add(variant)
-    if merges_in_cluster(ext, shape, variant, plan.row_tiles, splits, smem, tuning):
+    # Length-balanced splits where the plan has few splits per request (each a long run of tiles,
+    # so a ragged batch's longest request decides the step), before the cluster merge: serving
+    # batches are ragged (csrc/README.md, measured 2026-12-02 fifth session).
+    cap, budget = (splits, 0) if shape.forced_splits or splits > int(tuning["max_balanced_splits"]) else \
+        balanced_splits(splits, shape.batch, tuning, shape.split_cap)
+    if not budget and merges_in_cluster(ext, shape, variant, plan.row_tiles, splits, smem, tuning):
         return LaunchPlan(variant, splits, min_tiles, smem, None, None, cluster_merge=True)
     if splits > 1:
         partial_out, partial_lse = workspace(torch.device("cuda", shape.device_index), facts, tuning)
         capacity_ctas = partial_lse.shape[0] // plan.rows_per_cta
-        splits = max(1, min(splits, capacity_ctas // max(1, shape.batch * plan.row_tiles)))
+        capacity_splits = capacity_ctas // max(1, shape.batch * plan.row_tiles)
+        if budget and cap <= capacity_splits:
+            splits = cap
+        else:
+            budget = 0
+        splits = max(1, min(splits, capacity_splits))
     if splits == 1:
         return LaunchPlan(variant, 1, min_tiles, smem, None, None)
-    return LaunchPlan(variant, splits, min_tiles, smem, partial_out, partial_lse)
+    return LaunchPlan(variant, splits, min_tiles, smem, partial_out, partial_lse, split_budget=budget)
 
 
 def launch(q_nope, q_pe, kv_cache, block_table, seq_lens, out, lse, *, softmax_scale,
@@ -301,7 +332,7 @@ def launch(q_nope, q_pe, kv_cache, block_table, seq_lens, out, lse, *, softmax_s
     ext.decode(q_nope, q_pe, kv_cache, block_table, seq_lens, out, lse, plan.partial_out, plan.partial_lse,
                float(softmax_scale), kv_scale_t, kv_scale_v, q_scale_t, q_scale_v, int(query_len),
                bool(causal), plan.variant.mma, plan.variant.rows, plan.num_splits, plan.min_tiles_per_split,
-               plan.cluster_merge, plan.smem_bytes)
+               plan.split_budget, plan.cluster_merge, plan.smem_bytes)
 
 
 def mma_sync_peak_tflops(device=None, iterations: int = 2048, repeats: int = 5) -> float:

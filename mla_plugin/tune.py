@@ -38,7 +38,9 @@ def choose_tuning(measured: dict[tuple, dict[int, float]], facts: dispatch.Devic
     best = None
     for waves, min_tokens in itertools.product(WAVES_CANDIDATES, MIN_TOKENS_CANDIDATES):
         tuning = {"waves": waves, "max_splits": MAX_SPLITS, "min_tokens_per_split": min_tokens,
-                  "max_cluster_splits": configs.DEFAULTS["max_cluster_splits"]}
+                  "max_cluster_splits": configs.DEFAULTS["max_cluster_splits"],
+                  "ragged_headroom": configs.DEFAULTS["ragged_headroom"],
+                  "max_balanced_splits": configs.DEFAULTS["max_balanced_splits"]}
         logs = []
         for (batch, heads, context, dtype), times in measured.items():
             plan = dispatch.plan_launch(batch, heads, facts, lambda rows: smem_of(dtype, rows), tuning, context)
@@ -58,7 +60,9 @@ def table_yaml(device_name: str, tuning: dict, shapes: list[tuple]) -> str:
             f"waves: {tuning['waves']}\n"
             f"max_splits: {tuning['max_splits']}\n"
             f"min_tokens_per_split: {tuning['min_tokens_per_split']}\n"
-            f"max_cluster_splits: {tuning.get('max_cluster_splits', configs.DEFAULTS['max_cluster_splits'])}\n")
+            f"max_cluster_splits: {tuning.get('max_cluster_splits', configs.DEFAULTS['max_cluster_splits'])}\n"
+            f"ragged_headroom: {tuning.get('ragged_headroom', configs.DEFAULTS['ragged_headroom'])}\n"
+            f"max_balanced_splits: {tuning.get('max_balanced_splits', configs.DEFAULTS['max_balanced_splits'])}\n")
 
 
 def default_output(device_name: str) -> str:

@@ -26,7 +26,15 @@ def parse(s):
     return int(b), int(h), c
 
 
-def inputs(b, h, ctx, dtype, page=64, seed=0):
+def ragged_lengths(b, ctx, seed=0):
+    """The bench's ragged lengths (mla_plugin/bench/inputs.py): uniform in [1, ctx], random.Random(seed)."""
+    import random
+
+    rng = random.Random(seed)
+    return [rng.randint(1, ctx) for _ in range(b)]
+
+
+def inputs(b, h, ctx, dtype, page=64, seed=0, ragged=False):
     g = torch.Generator(device="cuda").manual_seed(seed)
     pages = -(-ctx // page)
     kv32 = torch.randn(b * pages, page, 576, generator=g, device="cuda")
@@ -34,7 +42,10 @@ def inputs(b, h, ctx, dtype, page=64, seed=0):
     del kv32
     q = torch.randn(b, h, 576, generator=g, device="cuda").to(torch.bfloat16)
     table = torch.randperm(b * pages, generator=g, device="cuda").to(torch.int32).view(b, pages)
-    lens = torch.full((b,), ctx, dtype=torch.int32, device="cuda")
+    if ragged:
+        lens = torch.tensor(ragged_lengths(b, ctx, seed), dtype=torch.int32, device="cuda")
+    else:
+        lens = torch.full((b,), ctx, dtype=torch.int32, device="cuda")
     scale = torch.tensor([0.05], device="cuda") if dtype == "fp8" else None
     return q, kv, table, lens, scale
 
@@ -88,6 +99,8 @@ def main() -> int:
     ap.add_argument("--modes", default="eager,graph")
     ap.add_argument("--header", action="store_true")
     ap.add_argument("--page", type=int, default=64, help="block size of the paged cache")
+    ap.add_argument("--lengths", choices=("uniform", "ragged"), default="uniform",
+                    help="uniform: every request at the context; ragged: the bench's draw in [1, context]")
     ap.add_argument("--tuning", default="", help="override tuning keys, e.g. min_tokens_per_split=32,max_splits=256")
     args = ap.parse_args()
     from mla_plugin import configs, ops
@@ -104,11 +117,11 @@ def main() -> int:
     for s in shapes:
         b, h, ctx = parse(s)
         for dtype in args.dtypes.split(","):
-            q, kv, table, lens, scale = inputs(b, h, ctx, dtype, page=args.page)
+            q, kv, table, lens, scale = inputs(b, h, ctx, dtype, page=args.page, ragged=args.lengths == "ragged")
             out = torch.empty(b, h, 512, dtype=torch.bfloat16, device="cuda")
             lse = torch.empty(b, h, dtype=torch.float32, device="cuda")
             for mode in args.modes.split(","):
-                hint = ctx if mode == "eager" else 131072
+                hint = int(lens.max()) if mode == "eager" else 131072
                 fn = lambda: ops.mla_decode(q, kv, table, lens, softmax_scale=192 ** -0.5, kv_scale=scale,
                                             out=out, lse=lse, max_seq_len=hint)
                 try:

@@ -99,7 +99,7 @@ class FakeExtension:
 
 DECODE_ARGS = ("q_nope", "q_pe", "kv_cache", "block_table", "seq_lens", "out", "lse", "partial_out",
                "partial_lse", "softmax_scale", "kv_scale_t", "kv_scale_v", "q_scale_t", "q_scale_v",
-               "query_len", "causal", "mma", "rows", "num_splits", "min_tiles_per_split", "cluster_merge",
+               "query_len", "causal", "mma", "rows", "num_splits", "min_tiles_per_split", "split_budget", "cluster_merge",
                "smem_bytes")
 
 

@@ -18,6 +18,9 @@ def shape(batch, heads=16, forced_splits=None, kv="fp8", q="bf16", mma="fp16"):
 
 @pytest.fixture
 def ext(monkeypatch):
+    # Balanced splits off: by default they come first at 2..8 splits (tests/test_balanced_splits_plan.py).
+    original = configs.tuning_for
+    monkeypatch.setattr(configs, "tuning_for", lambda name: {**original(name), "ragged_headroom": 1})
     fake = fake_cuda.FakeExtension()
     with fake_cuda.installed(monkeypatch, fake):
         yield fake
@@ -60,7 +63,8 @@ def test_forced_splits_merge_in_a_cluster_too(ext):
 def test_max_cluster_splits_zero_turns_the_cluster_merge_off(ext, monkeypatch):
     ext.CLUSTERS = 64
     original = configs.tuning_for
-    monkeypatch.setattr(configs, "tuning_for", lambda name: {**original(name), "max_cluster_splits": 0})
+    monkeypatch.setattr(configs, "tuning_for", lambda name: {**original(name), "max_cluster_splits": 0,
+                                                             "ragged_headroom": 1})
     dispatch.launch_plan.cache_clear()
     plan = dispatch.launch_plan(shape(32))
     assert plan.num_splits == 8 and not plan.cluster_merge

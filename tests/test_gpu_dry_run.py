@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 HONEST_FILES = ["tests/gpu/test_variants.py", "tests/gpu/test_kernel_traps.py",
                 "tests/gpu/test_decode_contract.py", "tests/gpu/test_fp8_math.py", "tests/gpu/test_cluster_merge.py",
-                "tests/gpu/test_variant_coverage.py"]
+                "tests/gpu/test_balanced_splits.py", "tests/gpu/test_variant_coverage.py"]
 
 
 def run_emulated(tmp_path, spec: str, args: list[str]) -> dict:
@@ -55,7 +55,7 @@ def test_gpu_tests_pass_the_honest_emulated_kernel(tmp_path):
     skipped = sorted(k for k, v in results.items() if v == "skipped")
     # Skipped only where the emulation can't go (CUDA graphs): nothing else may skip into green.
     assert all("cuda_graph" in k for k in skipped), skipped
-    assert len(skipped) == 4, skipped
+    assert len(skipped) == 6, skipped
     assert sum(v == "passed" for v in results.values()) >= 80
     coverage = [k for k in results if k.endswith("test_every_compiled_variant_ran_at_every_page_size")]
     assert coverage and results[coverage[0]] == "passed"
@@ -66,5 +66,5 @@ def test_gpu_tests_fail_a_kernel_with_twice_the_p_rounding_error(tmp_path):
     # on every path (e4m3 P included). The kernel's own mutation hooks are run through
     # scripts/mutation_check.sh in tests/test_mutation_check.py.
     results = run_emulated(tmp_path, "p_fewer_bits=1", ["tests/gpu/test_variants.py", "-k", "bs16 and r16"])
-    assert len(results) == 30, results  # 10 variants x 3 split modes
+    assert len(results) == 40, results  # 10 variants x 4 split modes
     assert all(v == "failed" for v in results.values()), results

@@ -26,11 +26,18 @@ def _variant(kernel: str) -> Variant:
     return Variant(kv, q, out, mma, int(m.group(5)))
 
 
-def _is_cluster(kernel: str) -> bool:
-    """mla_decode_kernel<Cfg, CLUSTER>: the second template argument, mangled as Lb0E / Lb1E."""
-    m = re.search(r"EEEL(b[01])EEEv", kernel)
+def _launch_kind(kernel: str) -> str:
+    """mla_decode_kernel<Cfg, CLUSTER, BALANCED>, the flags mangled as Lb0E / Lb1E: "plain",
+    "cluster" (the splits merge in a cluster) or "balanced" (length-balanced splits)."""
+    m = re.search(r"EEEL(b[01])EL(b[01])EEEv", kernel)
     assert m, kernel
-    return m.group(1) == "b1"
+    cluster, balanced = m.group(1) == "b1", m.group(2) == "b1"
+    assert not (cluster and balanced), kernel
+    return "cluster" if cluster else "balanced" if balanced else "plain"
+
+
+def _is_cluster(kernel: str) -> bool:
+    return _launch_kind(kernel) == "cluster"
 
 
 def _dtypes(kernel: str) -> tuple[str, str]:
@@ -46,10 +53,13 @@ def ptxas(request):
 def test_trap08_no_spills_no_stack_frame_within_smem_budget(ptxas):
     arch, records = ptxas
     decode = [r for r in records if DECODE in r.kernel]
-    plain = [_variant(r.kernel) for r in decode if not _is_cluster(r.kernel)]
+    plain = [_variant(r.kernel) for r in decode if _launch_kind(r.kernel) == "plain"]
+    balanced = [_variant(r.kernel) for r in decode if _launch_kind(r.kernel) == "balanced"]
     cluster = [_variant(r.kernel) for r in decode if _is_cluster(r.kernel)]
     assert sorted(plain) == sorted(kernel_variants.variants()), (
         f"{arch}: the compiled decode kernels are not csrc/variants.def's list")
+    # A balanced-splits instantiation of every variant (they all merge by the combine).
+    assert sorted(balanced) == sorted(plain), f"{arch}: balanced kernels {balanced}"
     # A cluster instantiation per variant whose ring holds the merge: every 16-bit-MMA variant.
     assert len(set(cluster)) == len(cluster) and set(cluster) <= set(plain), f"{arch}: {cluster}"
     assert {v for v in plain if v.mma != "fp8"} <= set(cluster), f"{arch}: cluster kernels {cluster}"
@@ -77,16 +87,17 @@ def _count(sass: str, pattern: str) -> int:
     return len(re.findall(pattern, sass))
 
 
-def _decode_sass(unit: str, cluster: bool = False) -> dict[str, str]:
-    """The unit's plain (or cluster) decode kernels on sm_120a, by mangled name."""
-    return {k: v for k, v in build.sass_by_kernel("12.0a", unit).items() if DECODE in k and _is_cluster(k) == cluster}
+def _decode_sass(unit: str, kinds: tuple[str, ...] = ("plain", "balanced")) -> dict[str, str]:
+    """The unit's decode kernels of the given launch kinds on sm_120a, by mangled name (by default
+    those without a cluster: the plain and the balanced-splits instantiations)."""
+    return {k: v for k, v in build.sass_by_kernel("12.0a", unit).items() if DECODE in k and _launch_kind(k) in kinds}
 
 
 def test_only_the_cluster_kernels_hold_cluster_barriers_on_sm120a():
     for unit in ("launch_bf16.cu", "launch_fp8_q16.cu"):
         for name, sass in _decode_sass(unit).items():
-            assert _count(sass, r"UCGABAR") == 0, f"{name}: cluster barrier in a plain kernel"
-        clusters = _decode_sass(unit, cluster=True)
+            assert _count(sass, r"UCGABAR") == 0, f"{name}: cluster barrier in a kernel without clusters"
+        clusters = _decode_sass(unit, kinds=("cluster",))
         assert len(clusters) == (2 if unit == "launch_bf16.cu" else 4), sorted(clusters)
         for name, sass in clusters.items():
             # two cluster barriers: the partials are published; the peers are done reading them
@@ -96,7 +107,7 @@ def test_only_the_cluster_kernels_hold_cluster_barriers_on_sm120a():
 
 def test_default_fp8_kernels_multiply_in_16_bit_on_exactly_converted_e4m3_on_sm120a():
     kernels = {k: v for unit in ("launch_fp8_q16.cu", "launch_fp8_q8.cu") for k, v in _decode_sass(unit).items()}
-    assert len(kernels) == 8  # q bf16 / fp16 / e4m3 (-> bf16 or fp16 out), 2 row tilings each
+    assert len(kernels) == 16  # q bf16 / fp16 / e4m3 (-> bf16 or fp16 out), 2 row tilings, plain and balanced
     for name, sass in kernels.items():
         assert _variant(name).mma == "fp16", name
         # S = Q K^T: 9 k-steps x 4 n8 tiles per warp, O = P V: 2 k-steps x 16 n8 tiles
@@ -110,7 +121,7 @@ def test_default_fp8_kernels_multiply_in_16_bit_on_exactly_converted_e4m3_on_sm1
 
 def test_opt_in_e4m3_kernels_use_native_e4m3_mma_in_both_products_on_sm120a():
     kernels = {k: v for unit in ("launch_e4m3_q16.cu", "launch_e4m3_q8.cu") for k, v in _decode_sass(unit).items()}
-    assert len(kernels) == 8
+    assert len(kernels) == 16
     for name, sass in kernels.items():
         assert _variant(name).mma == "fp8", name
         # S: 4 or 5 k32 steps x 4 n8 tiles per warp (20 in the unrolled body), O: 16
@@ -122,7 +133,7 @@ def test_opt_in_e4m3_kernels_use_native_e4m3_mma_in_both_products_on_sm120a():
 
 def test_trap01_bf16_kernels_hold_no_fp8_types_on_sm120a():
     kernels = _decode_sass("launch_bf16.cu")
-    assert len(kernels) == 2
+    assert len(kernels) == 4
     for name, sass in kernels.items():
         assert _count(sass, r"HMMA\.16816\.F32\.BF16") >= 8, name
         assert _count(sass, r"QMMA|E4M3|E5M2") == 0, f"{name}: FP8 element types in the BF16 path"

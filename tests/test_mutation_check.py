@@ -61,23 +61,23 @@ def _run_script(tmp_path, *pytest_args):
 
 @pytest.mark.slow
 def test_the_script_passes_when_each_mutation_turns_the_tests_red(tmp_path):
-    # 16-bit-P variants at 16 rows per CTA, block size 16 (6 variants x 3 split modes): both
+    # 16-bit-P variants at 16 rows per CTA, block size 16 (6 variants x 4 split modes): both
     # mutations bite on every one.
     res = _run_script(tmp_path, "-k", "test_variant_matches_reference and bs16 and r16 and not mmafp8")
     lines = res.stdout.strip().splitlines()
     assert res.returncode == 0, res.stdout + res.stderr
     assert lines[0].startswith("EMULATED GPU") and lines[-1].startswith("mutation check: PASSED")
-    assert lines[1].startswith("unmutated: 18 passed, 0 failed") and lines[1].endswith("green, as it must be")
-    assert lines[2].startswith("MLA_MUTATE_P_DROP_BITS=1: 0 passed, 18 failed") and lines[2].endswith("red, as it must be")
-    assert lines[3].startswith("MLA_MUTATE_OUT_SCALE_ULPS=1: 0 passed, 18 failed")
+    assert lines[1].startswith("unmutated: 24 passed, 0 failed") and lines[1].endswith("green, as it must be")
+    assert lines[2].startswith("MLA_MUTATE_P_DROP_BITS=1: 0 passed, 24 failed") and lines[2].endswith("red, as it must be")
+    assert lines[3].startswith("MLA_MUTATE_OUT_SCALE_ULPS=1: 0 passed, 24 failed")
 
 
 @pytest.mark.slow
 def test_the_script_fails_when_a_mutation_goes_unseen(tmp_path):
-    # e4m3 P variants only (4 x 3 split modes): the 16-bit-P mutation cannot touch them, so its
+    # e4m3 P variants only (4 x 4 split modes): the 16-bit-P mutation cannot touch them, so its
     # run stays green.
     res = _run_script(tmp_path, "-k", "test_variant_matches_reference and bs16 and r16 and mmafp8")
     assert res.returncode == 1, res.stdout + res.stderr
-    assert "MLA_MUTATE_P_DROP_BITS=1: 12 passed, 0 failed" in res.stdout
+    assert "MLA_MUTATE_P_DROP_BITS=1: 16 passed, 0 failed" in res.stdout
     assert "GREEN: the suite does not see this mutation" in res.stdout
     assert res.stdout.strip().splitlines()[-1].startswith("mutation check: FAILED")

@@ -37,16 +37,27 @@ namespace mla {
 
 // CLUSTER: the launch is a cluster per (request, row tile) whose splits merge in shared memory
 // (a separate instantiation: the plain kernel's code is then exactly the one measured without it).
-template <class Cfg, bool CLUSTER>
+// BALANCED: length-balanced splits (p.split_budget > 0): blockIdx.y is a slot of the batch's
+// splits laid end to end (balanced_slot in geometry.cuh), merged by the combine kernel. Also a
+// separate instantiation: in the plain kernel the slot search cost 1.5-2% (its tile loop was
+// scheduled differently).
+template <class Cfg, bool CLUSTER, bool BALANCED>
 __global__ void __launch_bounds__(Cfg::THREADS) __maxnreg__(Cfg::MAX_REGISTERS)
     mla_decode_kernel(const __grid_constant__ CUtensorMap kv_map, const DecodeParams p) {
+  static_assert(!(CLUSTER && BALANCED), "balanced splits merge by the combine kernel");
   extern __shared__ __align__(1024) uint8_t smem[];
 
   const int row_tile = blockIdx.x;
-  const int split = blockIdx.y;
-  const int b = blockIdx.z;
   const int warp = threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
+  const int kv_capacity = p.max_blocks * p.block_size;
+  const BalancedSlot slot =
+      BALANCED ? balanced_slot(p.seq_lens, p.batch, kv_capacity, Cfg::TOKENS, p.min_tiles_per_split, p.split_budget,
+                               p.num_splits, blockIdx.y)
+               : BalancedSlot{static_cast<int>(blockIdx.z), static_cast<int>(blockIdx.y), p.min_tiles_per_split};
+  if (BALANCED && slot.b < 0) return;  // a slot past the last request's splits
+  const int split = slot.split;
+  const int b = slot.b;
 
   // The math warps read their q first: that read then overlaps the seq_lens read below instead
   // of waiting for it (the producer warp reads no q).
@@ -55,8 +66,8 @@ __global__ void __launch_bounds__(Cfg::THREADS) __maxnreg__(Cfg::MAX_REGISTERS)
   if (warp < Cfg::CONSUMER_WARPS) q_units = load_q_units<Cfg>(p, b, rows);
 
   const int seq_len = __ldg(p.seq_lens + b);
-  const int kv_len = max(0, min(seq_len, p.max_blocks * p.block_size));
-  const SplitRange range = split_range(ceil_div(kv_len, Cfg::TOKENS), p.num_splits, p.min_tiles_per_split, split);
+  const int kv_len = max(0, min(seq_len, kv_capacity));
+  const SplitRange range = split_range(ceil_div(kv_len, Cfg::TOKENS), p.num_splits, slot.min_tiles, split);
   const RowGeometry geo{rows, seq_len, kv_len, p.causal != 0};
 
   if (range.empty()) {  // no tokens: no barrier, no load

@@ -274,6 +274,41 @@ def tuning_override(**keys):
         dispatch.launch_plan.cache_clear()
 
 
+def op_step(case: Case, inp: Inputs, max_seq_len: int):
+    """(step, out, lse): an op call on the case's inputs (query_len 1) writing into fixed bf16
+    `out` and `lse` tensors, as a CUDA graph would capture it with a plan for max_seq_len."""
+    rows = len(case.seq_lens)
+    out = torch.empty(rows, case.heads, 512, dtype=torch.bfloat16, device="cuda")
+    lse = torch.empty(rows, case.heads, dtype=torch.float32, device="cuda")
+    fp8 = dict(fp8_math=case.math) if case.dtype == "fp8" else {}
+
+    def step():
+        decode(inp.q, inp.kv_cache, inp.block_table, inp.seq_lens, softmax_scale=SOFTMAX_SCALE,
+               kv_scale=inp.kv_scale, query_len=1, out=out, lse=lse, return_lse=True, max_seq_len=max_seq_len,
+               **fp8)
+
+    return step, out, lse
+
+
+def assert_replays_equal_eager(step, out, lse, q, seq_lens, lengths_at, replays: int = 20):
+    """Capture `step` (an op call writing `out` / `lse`) in a CUDA graph, then for i < replays set
+    the lengths to lengths_at(i), negate q, replay, and check the replay bitwise equal to an eager
+    call on the same inputs, without NaN."""
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    for i in range(replays):
+        seq_lens.copy_(lengths_at(i))
+        for part in (q if isinstance(q, tuple) else (q,)):
+            part.mul_(-1)
+        graph.replay()
+        g_out, g_lse = out.clone(), lse.clone()
+        step()
+        assert torch.equal(g_out, out), f"replay {i}: output differs from eager"
+        assert torch.equal(g_lse, lse), f"replay {i}: lse differs from eager"
+        assert not torch.isnan(g_out).any()
+
+
 def cluster_capable(plan) -> bool:
     """Whether the extension says the plan's variant can merge its splits in a cluster of
     plan.num_splits on the current device (the e4m3 opt-in's 32-row ring cannot)."""

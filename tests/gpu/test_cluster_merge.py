@@ -11,7 +11,7 @@ import torch
 from mla_plugin import dispatch
 
 from . import cases
-from .cases import SOFTMAX_SCALE, Case, assert_close, last_plan, make_inputs, measure, run_op, tuning_override
+from .cases import Case, assert_close, last_plan, make_inputs, measure, run_op, tuning_override
 
 pytestmark = pytest.mark.gpu
 
@@ -72,32 +72,11 @@ def test_cluster_merge_cuda_graph_replay_equals_eager(dtype, monkeypatch):
     seq_lens = SHAPES[("4", 16)]
     case = _case(dtype, 64, seq_lens)
     inp = make_inputs(case)
-    q = inp.q
-    B = len(seq_lens)
-    out = torch.empty(B, 16, 512, dtype=torch.bfloat16, device="cuda")
-    lse = torch.empty(B, 16, dtype=torch.float32, device="cuda")
-    fp8 = dict(fp8_math=case.math) if dtype == "fp8" else {}
-
-    def step():
-        cases.decode(q, inp.kv_cache, inp.block_table, inp.seq_lens, softmax_scale=SOFTMAX_SCALE,
-                     kv_scale=inp.kv_scale, query_len=1, out=out, lse=lse, return_lse=True,
-                     max_seq_len=8192, **fp8)
-
+    step, out, lse = cases.op_step(case, inp, max_seq_len=8192)
     step()
     torch.cuda.synchronize()
     assert last_plan().cluster_merge, f"the captured launch should merge in clusters: {last_plan()}"
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        step()
     base = torch.tensor(seq_lens, dtype=torch.int32)
-    for i in range(30):
-        # Lengths only shrink (slots past the built ones hold NaN poison); some reach 0.
-        inp.seq_lens.copy_(torch.clamp(base - 97 * i, min=0))
-        for part in (q if isinstance(q, tuple) else (q,)):
-            part.mul_(-1)
-        graph.replay()
-        g_out, g_lse = out.clone(), lse.clone()
-        step()
-        assert torch.equal(g_out, out), f"replay {i}: output differs from eager"
-        assert torch.equal(g_lse, lse), f"replay {i}: lse differs from eager"
-        assert not torch.isnan(g_out).any()
+    # Lengths only shrink (slots past the built ones hold NaN poison); some reach 0.
+    cases.assert_replays_equal_eager(step, out, lse, inp.q, inp.seq_lens, lambda i: torch.clamp(base - 97 * i, min=0),
+                                     replays=30)

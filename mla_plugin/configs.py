@@ -10,6 +10,8 @@ A table matches a GPU when one of its `match` strings occurs in the device name.
                         batch's lengths, each request taking up to this many times the plan's
                         splits (a ragged batch's long requests more, its short ones fewer; merged
                         by the combine kernel, before any cluster merge); 1: never
+  min_balanced_splits   the fewest splits per request a plan balances (1: a plan without splits
+                        too, adding the combine kernel)
   max_balanced_splits   the most splits per request a plan balances (more, shorter splits gain
                         nothing from it)
 Missing keys take DEFAULTS; a GPU no table matches uses DEFAULTS alone.
@@ -21,7 +23,7 @@ import functools
 from pathlib import Path
 
 DEFAULTS = {"waves": 1.0, "max_splits": 64, "min_tokens_per_split": 256, "max_cluster_splits": 8,
-            "ragged_headroom": 2, "max_balanced_splits": 8}
+            "ragged_headroom": 2, "min_balanced_splits": 2, "max_balanced_splits": 8}
 _KEYS = set(DEFAULTS) | {"name", "match"}
 
 

@@ -131,10 +131,12 @@ def balanced_splits(plan_splits: int, batch: int, tuning: dict, split_cap: int |
     requests' splits end to end over budget + batch CTAs per row tile (csrc/decode/geometry.cuh,
     balanced_slot): a ragged batch's long requests take up to the cap and its short ones fewer,
     while a batch of equal lengths runs exactly the plan's splits. The workspace is indexed by
-    (request, split < cap). (plan_splits, 0) where there is no headroom."""
+    (request, split < cap). (plan_splits, 0) where there is no headroom or the plan has fewer than
+    min_balanced_splits."""
     grid = plan_splits * ragged_headroom(tuning)
     grid = min(grid, MAX_KV_SPLITS, *([split_cap] if split_cap else []))
-    if plan_splits < 2 or grid <= plan_splits:
+    if plan_splits < int(tuning.get("min_balanced_splits", configs.DEFAULTS["min_balanced_splits"])) \
+            or grid <= plan_splits:
         return plan_splits, 0
     return grid, plan_splits * batch
 
@@ -298,7 +300,7 @@ def launch_plan(shape: LaunchShape) -> LaunchPlan:
         balanced_splits(splits, shape.batch, tuning, shape.split_cap)
     if not budget and merges_in_cluster(ext, shape, variant, plan.row_tiles, splits, smem, tuning):
         return LaunchPlan(variant, splits, min_tiles, smem, None, None, cluster_merge=True)
-    if splits > 1:
+    if splits > 1 or budget:
         partial_out, partial_lse = workspace(torch.device("cuda", shape.device_index), facts, tuning)
         capacity_ctas = partial_lse.shape[0] // plan.rows_per_cta
         capacity_splits = capacity_ctas // max(1, shape.batch * plan.row_tiles)

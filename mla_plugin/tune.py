@@ -40,6 +40,7 @@ def choose_tuning(measured: dict[tuple, dict[int, float]], facts: dispatch.Devic
         tuning = {"waves": waves, "max_splits": MAX_SPLITS, "min_tokens_per_split": min_tokens,
                   "max_cluster_splits": configs.DEFAULTS["max_cluster_splits"],
                   "ragged_headroom": configs.DEFAULTS["ragged_headroom"],
+                  "min_balanced_splits": configs.DEFAULTS["min_balanced_splits"],
                   "max_balanced_splits": configs.DEFAULTS["max_balanced_splits"]}
         logs = []
         for (batch, heads, context, dtype), times in measured.items():
@@ -62,6 +63,7 @@ def table_yaml(device_name: str, tuning: dict, shapes: list[tuple]) -> str:
             f"min_tokens_per_split: {tuning['min_tokens_per_split']}\n"
             f"max_cluster_splits: {tuning.get('max_cluster_splits', configs.DEFAULTS['max_cluster_splits'])}\n"
             f"ragged_headroom: {tuning.get('ragged_headroom', configs.DEFAULTS['ragged_headroom'])}\n"
+            f"min_balanced_splits: {tuning.get('min_balanced_splits', configs.DEFAULTS['min_balanced_splits'])}\n"
             f"max_balanced_splits: {tuning.get('max_balanced_splits', configs.DEFAULTS['max_balanced_splits'])}\n")
 
 

@@ -97,3 +97,12 @@ def test_launch_passes_the_budget_to_the_kernel(ext, monkeypatch):
                     max_seq_len=131072)
     call = fake_cuda.named(ext.calls[-1])
     assert call["num_splits"] == 16 and call["split_budget"] == 8 * b and not call["cluster_merge"]
+
+
+def test_min_balanced_splits_one_balances_a_plan_without_splits(ext, monkeypatch):
+    with_tuning(monkeypatch, ragged_headroom=2, min_balanced_splits=1)
+    plan = dispatch.launch_plan(shape(264))  # one CTA slot per request: no splits
+    assert plan.num_splits == 2 and plan.split_budget == 264 and plan.partial_out is not None
+    with_tuning(monkeypatch, min_balanced_splits=2)
+    plan = dispatch.launch_plan(shape(264))
+    assert plan.num_splits == 1 and plan.split_budget == 0 and plan.partial_out is None

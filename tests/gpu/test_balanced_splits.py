@@ -56,6 +56,22 @@ def test_balanced_splits_of_a_skewed_batch_match_the_reference(dtype, block_size
 
 
 @pytest.mark.parametrize("dtype", ["bf16", "fp8"])
+def test_a_plan_without_splits_balanced_matches_the_reference(dtype, error_log):
+    # 297 requests at 16 heads overfill the H200's 264 CTA slots: the plan has one split each, and
+    # with min_balanced_splits 1 the long ones take two (merged by the combine).
+    seq_lens = (LONG + SHORT * 8) * 3
+    case = _case(dtype, 64, seq_lens)
+    inp = make_inputs(case)
+    with tuning_override(max_cluster_splits=0, ragged_headroom=2, min_balanced_splits=1):
+        out, lse = run_op(case, inp)
+        plan = last_plan()
+    assert plan.split_budget == len(seq_lens) and plan.num_splits == 2, f"{case}: {plan}"
+    err = measure(case, inp, out, lse)
+    error_log(case, err)
+    assert_close(case, err)
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp8"])
 def test_equal_lengths_split_exactly_as_without_balancing(dtype):
     # 24 requests of 4097 tokens: the plan's splits per request, balanced or not, give every split
     # the same tiles, so the outputs are bitwise equal.

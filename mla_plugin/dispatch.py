@@ -135,8 +135,7 @@ def balanced_splits(plan_splits: int, batch: int, tuning: dict, split_cap: int |
     min_balanced_splits."""
     grid = plan_splits * ragged_headroom(tuning)
     grid = min(grid, MAX_KV_SPLITS, *([split_cap] if split_cap else []))
-    if plan_splits < int(tuning.get("min_balanced_splits", configs.DEFAULTS["min_balanced_splits"])) \
-            or grid <= plan_splits:
+    if plan_splits < int(tuning["min_balanced_splits"]) or grid <= plan_splits:
         return plan_splits, 0
     return grid, plan_splits * batch
 

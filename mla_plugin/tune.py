@@ -24,6 +24,7 @@ SPLIT_CANDIDATES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 WAVES_CANDIDATES = (0.5, 1.0, 1.5, 2.0)
 MIN_TOKENS_CANDIDATES = (32, 64, 128, 256, 512, 1024)
 MAX_SPLITS = 256
+TUNED_KEYS = ("waves", "max_splits", "min_tokens_per_split")  # the rest of a table is written as DEFAULTS has it
 
 
 def predicted_time(times: dict[int, float], splits: int) -> float:
@@ -37,11 +38,7 @@ def choose_tuning(measured: dict[tuple, dict[int, float]], facts: dispatch.Devic
     max_splits, min_tokens_per_split) minimising the geo-mean predicted time."""
     best = None
     for waves, min_tokens in itertools.product(WAVES_CANDIDATES, MIN_TOKENS_CANDIDATES):
-        tuning = {"waves": waves, "max_splits": MAX_SPLITS, "min_tokens_per_split": min_tokens,
-                  "max_cluster_splits": configs.DEFAULTS["max_cluster_splits"],
-                  "ragged_headroom": configs.DEFAULTS["ragged_headroom"],
-                  "min_balanced_splits": configs.DEFAULTS["min_balanced_splits"],
-                  "max_balanced_splits": configs.DEFAULTS["max_balanced_splits"]}
+        tuning = {**configs.DEFAULTS, "waves": waves, "max_splits": MAX_SPLITS, "min_tokens_per_split": min_tokens}
         logs = []
         for (batch, heads, context, dtype), times in measured.items():
             plan = dispatch.plan_launch(batch, heads, facts, lambda rows: smem_of(dtype, rows), tuning, context)
@@ -61,10 +58,8 @@ def table_yaml(device_name: str, tuning: dict, shapes: list[tuple]) -> str:
             f"waves: {tuning['waves']}\n"
             f"max_splits: {tuning['max_splits']}\n"
             f"min_tokens_per_split: {tuning['min_tokens_per_split']}\n"
-            f"max_cluster_splits: {tuning.get('max_cluster_splits', configs.DEFAULTS['max_cluster_splits'])}\n"
-            f"ragged_headroom: {tuning.get('ragged_headroom', configs.DEFAULTS['ragged_headroom'])}\n"
-            f"min_balanced_splits: {tuning.get('min_balanced_splits', configs.DEFAULTS['min_balanced_splits'])}\n"
-            f"max_balanced_splits: {tuning.get('max_balanced_splits', configs.DEFAULTS['max_balanced_splits'])}\n")
+            + "".join(f"{key}: {tuning.get(key, default)}\n" for key, default in configs.DEFAULTS.items()
+                      if key not in TUNED_KEYS))
 
 
 def default_output(device_name: str) -> str:

@@ -26,14 +26,6 @@ def parse(s):
     return int(b), int(h), c
 
 
-def ragged_lengths(b, ctx, seed=0):
-    """The bench's ragged lengths (mla_plugin/bench/inputs.py): uniform in [1, ctx], random.Random(seed)."""
-    import random
-
-    rng = random.Random(seed)
-    return [rng.randint(1, ctx) for _ in range(b)]
-
-
 def inputs(b, h, ctx, dtype, page=64, seed=0, ragged=False):
     g = torch.Generator(device="cuda").manual_seed(seed)
     pages = -(-ctx // page)
@@ -42,8 +34,13 @@ def inputs(b, h, ctx, dtype, page=64, seed=0, ragged=False):
     del kv32
     q = torch.randn(b, h, 576, generator=g, device="cuda").to(torch.bfloat16)
     table = torch.randperm(b * pages, generator=g, device="cuda").to(torch.int32).view(b, pages)
-    if ragged:
-        lens = torch.tensor(ragged_lengths(b, ctx, seed), dtype=torch.int32, device="cuda")
+    if ragged:  # the bench's draw: each length uniform in [1, ctx] from random.Random(seed)
+        from types import SimpleNamespace
+
+        from mla_plugin.bench.inputs import request_lengths
+
+        drawn = request_lengths(SimpleNamespace(lengths="ragged", batch=b, context=ctx, query_len=1), seed)
+        lens = torch.tensor(drawn, dtype=torch.int32, device="cuda")
     else:
         lens = torch.full((b,), ctx, dtype=torch.int32, device="cuda")
     scale = torch.tensor([0.05], device="cuda") if dtype == "fp8" else None

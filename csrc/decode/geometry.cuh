@@ -63,6 +63,11 @@ __device__ __forceinline__ SplitRange split_range(int n_tiles, int num_splits, i
   return {begin, min(n_tiles, begin + per_split)};
 }
 
+// KV tiles of a request of `len` tokens, clamped to the block table's capacity.
+__device__ __forceinline__ int request_tiles(int len, int kv_capacity, int tokens_per_tile) {
+  return ceil_div(max(0, min(len, kv_capacity)), tokens_per_tile);
+}
+
 // Length-balanced splits. With a split budget (the plan's splits per request x the batch), a
 // split takes at least ceil(the batch's tiles / budget) tiles: a ragged batch's long requests get
 // more splits than the plan's per-request count (up to num_splits, the per-request cap) and its
@@ -79,7 +84,7 @@ __device__ __forceinline__ int balanced_min_tiles(const int32_t* __restrict__ se
 #pragma unroll 4
   for (int r0 = 0; r0 < batch; r0 += 32) {
     const int len = r0 + lane < batch ? __ldg(seq_lens + r0 + lane) : 0;
-    tiles += ceil_div(max(0, min(len, kv_capacity)), tokens_per_tile);
+    tiles += request_tiles(len, kv_capacity, tokens_per_tile);
   }
   // redux.sync's result is warp-uniform (a uniform register): the split range, and so the tile
   // loop's trip count, stay uniform as they were with min_tiles alone (a shuffle sum was not,
@@ -117,7 +122,7 @@ __device__ __forceinline__ BalancedSlot balanced_slot(const int32_t* __restrict_
   for (int r0 = 0; r0 < batch; r0 += 32) {
     const int r = r0 + lane;
     const int len = r < batch ? __ldg(seq_lens + r) : 0;
-    const int n_tiles = ceil_div(max(0, min(len, kv_capacity)), tokens_per_tile);
+    const int n_tiles = request_tiles(len, kv_capacity, tokens_per_tile);
     const int slots = r < batch ? max(1, splits_with_tokens(n_tiles, num_splits, q)) : 0;
     int end = slots;  // inclusive scan: the slots up to and with this lane's request
 #pragma unroll

@@ -28,6 +28,17 @@ constexpr int NUM_PANELS = HEAD_DIM / PANEL_CHANNELS;
 static_assert(HEAD_DIM % PANEL_CHANNELS == 0 && V_DIM % PANEL_CHANNELS == 0, "panel split");
 
 constexpr int SMEM_BUDGET_BYTES = 101376;  // SM12x: 99 KiB per block, used on every architecture
+constexpr int SM12X_SMEM_PER_SM = 102400;  // SM12x: 100 KiB per SM
+constexpr int SMEM_RESERVED_PER_CTA = 1024;  // the driver's shared memory per CTA (sm_90+)
+// The most a CTA may use for two of it to share an SM12x SM (dispatch.py derives the same).
+constexpr int SM12X_PAIR_BUDGET_BYTES = SM12X_SMEM_PER_SM / 2 - SMEM_RESERVED_PER_CTA;
+// An experiment awaiting its GPU measurement, off by default (csrc/README.md, "Built, not yet
+// measured"): the FP8 16-row CTA on 16-bit MMAs sized for two per SM12x SM (DecodeConfig::
+// SM12X_PAIR). MLA_PLUGIN_NVCC_DEFINES=MLA_SM12X_PAIR_RING=1 builds it under its own cache key.
+#ifndef MLA_SM12X_PAIR_RING
+#define MLA_SM12X_PAIR_RING 0
+#endif
+constexpr bool SM12X_PAIR_RING_BUILD = MLA_SM12X_PAIR_RING != 0;
 constexpr int TILE_TOKENS = 32;            // KV tokens per tile, every variant (the TMA box height)
 constexpr int MAX_KV_SPLITS = 512;         // splits per request the combine merges
 constexpr int MAX_CLUSTER_SPLITS = 8;      // splits per request merged inside one cluster (portable size)
@@ -183,8 +194,8 @@ struct DecodeConfig {
   static constexpr int RING_BARRIER_BYTES = 8;  // one mbarrier
   static constexpr int Q_OWN_BYTES = Q_IN_REGISTERS ? 0 : (Q_STAGE_BYTES + 1023) / 1024 * 1024;
   static constexpr int FIXED_BYTES = Q_OWN_BYTES + S_PART_BYTES + P_BYTES + ROW_STAT_BYTES + RING_BARRIER_BYTES;
-  static constexpr int RING_MAX_BY_BUDGET = (SMEM_BUDGET_BYTES - FIXED_BYTES - 1024) /
-                                            (PANEL_BYTES + 2 * RING_BARRIER_BYTES);
+  static constexpr int RING_SLOT_BYTES = PANEL_BYTES + 2 * RING_BARRIER_BYTES;  // a panel and its barriers
+  static constexpr int RING_MAX_BY_BUDGET = (SMEM_BUDGET_BYTES - FIXED_BYTES - 1024) / RING_SLOT_BYTES;
   static constexpr int RING_TILES_MAX = 4;  // deeper buys nothing: the producer is a page table read ahead
   static constexpr int RING_BY_BUDGET = RING_MAX_BY_BUDGET < RING_TILES_MAX * NUM_PANELS ? RING_MAX_BY_BUDGET
                                                                                          : RING_TILES_MAX * NUM_PANELS;
@@ -194,16 +205,38 @@ struct DecodeConfig {
   static constexpr bool WHOLE_TILE_RING = whole_tile_box(KV, MMA, TILE_TOKENS);
   // Elsewhere a wait and a release per panel (the math warps' per-panel tile loop).
   static constexpr bool PER_PANEL = !WHOLE_TILE_RING;
-  static constexpr int RING = WHOLE_TILE_RING ? RING_BY_BUDGET / NUM_PANELS * NUM_PANELS : RING_BY_BUDGET;
+  static constexpr int TILE_BYTES = NUM_PANELS * PANEL_BYTES;
+  // In a SM12X_PAIR_RING_BUILD: two CTAs per SM12x SM where a ring of two whole tiles fits half of
+  // its 100 KiB (FP8 on 16-bit MMAs, 16 rows: 18 KiB tiles). An 86 KB CTA is alone there, and a
+  // 16-row CTA alone on its SM has 4 math warps, one per scheduler, with nothing to hide their
+  // latencies (the Hopper stand-in fits two of either size, so only its ring gets shallower).
+  static constexpr int PAIR_RING_MAX = (SM12X_PAIR_BUDGET_BYTES - FIXED_BYTES - 1024) / RING_SLOT_BYTES;
+  static constexpr int PAIR_RING = PAIR_RING_MAX / NUM_PANELS * NUM_PANELS;
+  static constexpr bool SM12X_PAIR =
+      SM12X_PAIR_RING_BUILD && WHOLE_TILE_RING && CTAS_PER_SM_TARGET == 2 && PAIR_RING >= 2 * NUM_PANELS;
+  static_assert(!SM12X_PAIR || PAIR_RING <= RING_BY_BUDGET, "the pair's ring is the shallower one");
+  static constexpr int RING = SM12X_PAIR        ? PAIR_RING
+                              : WHOLE_TILE_RING ? RING_BY_BUDGET / NUM_PANELS * NUM_PANELS
+                                                : RING_BY_BUDGET;
   static_assert(!WHOLE_TILE_RING || RING % NUM_PANELS == 0, "a ring of whole tiles");
   static_assert(RING >= 2 * NUM_PANELS, "the ring must hold two whole tiles");
   static constexpr int OFF_KV = 0;
   static constexpr int RING_BYTES = RING * PANEL_BYTES;
-  static constexpr int OFF_Q = Q_IN_REGISTERS ? (RING_BYTES - Q_STAGE_BYTES) / 1024 * 1024 : RING_BYTES;
+  // Q staged at the ring's end would reach into tile 0 where the ring holds two tiles (16 rows of
+  // f16 Q: 18.5 KiB): the producer's first box would then wait for Q. There it ends where P ends
+  // instead, over tile 1's last panels, the S partials and P, which the math warps first write
+  // only after all of them hold Q in registers (a named barrier: Q_OVER_SCRATCH).
+  static constexpr int Q_AT_RING_END = (RING_BYTES - Q_STAGE_BYTES) / 1024 * 1024;
+  static constexpr bool Q_OVER_SCRATCH = Q_IN_REGISTERS && WHOLE_TILE_RING && Q_AT_RING_END < TILE_BYTES;
+  static constexpr int OFF_Q = !Q_IN_REGISTERS ? RING_BYTES
+                               : Q_OVER_SCRATCH ? (RING_BYTES + S_PART_BYTES + P_BYTES - Q_STAGE_BYTES) / 16 * 16
+                                                : Q_AT_RING_END;
   static constexpr int Q_FIRST_SLOT = Q_IN_REGISTERS ? OFF_Q / PANEL_BYTES : RING;  // first ring slot Q overlaps
   // Where 32 rows of 16-bit Q are larger than the ring past tile 0, tile 0's last panels wait
   // for Q to move into registers (a few hundred cycles; the S loop starts on the others).
   static_assert(Q_FIRST_SLOT >= NUM_PANELS / 2, "most of tile 0 never waits for Q");
+  static_assert(!WHOLE_TILE_RING || !Q_IN_REGISTERS || Q_FIRST_SLOT >= NUM_PANELS, "a ring of whole tiles: tile 0 never waits for Q");
+  static_assert(OFF_Q % 16 == 0, "Q staging: 16-byte stores");
   static constexpr int OFF_S_PART = OFF_KV + RING_BYTES + Q_OWN_BYTES;
   static constexpr int OFF_P = OFF_S_PART + S_PART_BYTES;
   static constexpr int OFF_ROW_STATS = OFF_P + P_BYTES;
@@ -224,7 +257,19 @@ struct DecodeConfig {
   static_assert(OFF_KV % 1024 == 0, "swizzled buffers 1024-B aligned");
   static_assert(OFF_S_PART % 16 == 0 && OFF_P % 16 == 0, "vector access alignment");
   static_assert(SMEM_BYTES <= SMEM_BUDGET_BYTES, "SM12x shared-memory budget");
+  static_assert(!SM12X_PAIR || SMEM_BYTES <= SM12X_PAIR_BUDGET_BYTES, "two CTAs per SM12x SM");
+  static_assert(!Q_OVER_SCRATCH || OFF_Q + Q_STAGE_BYTES <= OFF_ROW_STATS, "Q staging stops short of the row stats");
 };
+
+// The pair-ring build pairs exactly the FP8-cache 16-row CTAs on 16-bit MMAs (any q dtype), and
+// nothing pairs in the default build.
+template <Elem QIN, int ROWS>
+using Fp8F16Config = DecodeConfig<Elem::E4M3, QIN, Elem::BF16, Elem::FP16, ROWS>;
+static_assert(Fp8F16Config<Elem::BF16, 16>::SM12X_PAIR == SM12X_PAIR_RING_BUILD &&
+                  Fp8F16Config<Elem::E4M3, 16>::SM12X_PAIR == SM12X_PAIR_RING_BUILD &&
+                  !Fp8F16Config<Elem::BF16, 32>::SM12X_PAIR &&
+                  !DecodeConfig<Elem::BF16, Elem::BF16, Elem::BF16, Elem::BF16, 16>::SM12X_PAIR,
+              "MLA_SM12X_PAIR_RING pairs the FP8 16-row CTAs on 16-bit MMAs");
 
 // Byte offset of (row, 16-byte chunk) in a panel of ROW_BYTES-wide rows, as TMA's
 // SWIZZLE_128B / SWIZZLE_64B writes it (panel base 1024-B aligned): chunk ^= address bits [7..].

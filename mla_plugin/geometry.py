@@ -19,6 +19,8 @@ MIN_BLOCK_SIZE = BLOCK_SIZES[0]
 
 MAX_KV_SPLITS = 512  # KV splits per request the kernel's combine merges (plans stay below)
 SMEM_BUDGET_BYTES = 101376  # SM12x: 99 KiB of shared memory per block, the kernel's budget everywhere
+SM12X_SMEM_PER_SM = 102400  # SM12x: 100 KiB of shared memory per SM (two CTAs of <= 49 KiB share one)
+SMEM_RESERVED_PER_CTA = 1024  # the driver's shared memory per CTA on sm_90+
 ALIGN_BYTES = 16  # pointers and row strides the kernel reads with 16-byte accesses
 
 # FLOPs per (query row, attended KV token): a 576-long q.k and a 512-long p.v multiply-add.

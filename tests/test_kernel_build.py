@@ -72,6 +72,20 @@ def test_trap02_both_cache_dtypes_are_built(ptxas):
     assert kinds == {"bf16", "fp16", "fp8"}
 
 
+@pytest.mark.parametrize("arch", ["12.0a", "9.0a"])
+def test_sm12x_pair_ring_build_compiles_clean(arch, monkeypatch):
+    """The experiment awaiting its GPU measurement (csrc/README.md, "Built, not yet measured"):
+    with MLA_SM12X_PAIR_RING=1 the FP8 16-row CTAs on 16-bit MMAs take a ring of two tiles, two
+    per SM12x SM. Compiling proves its layout (config.cuh's static_asserts: the pairing is on, the
+    CTA fits half an SM12x SM, Q's staging ends short of the row stats); ptxas, that it neither
+    spills nor keeps a stack frame on the arch it targets or on the stand-in's."""
+    monkeypatch.setenv(build.DEFINES_ENV, "MLA_SM12X_PAIR_RING=1")
+    records = build.ptxas_report(arch, sources=("launch_fp8_q16.cu", "launch_fp8_q8.cu"))
+    decode = [r for r in records if DECODE in r.kernel]
+    assert {_variant(r.kernel).rows for r in decode} == {16, 32}, sorted({r.kernel for r in decode})
+    assert build.resource_problems(records) == []
+
+
 def test_parse_ptxas_reads_spills_and_stack():
     text = """ptxas info    : Compiling entry function '_Z1kv' for 'sm_120a'
 ptxas info    : Function properties for _Z1kv

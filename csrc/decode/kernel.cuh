@@ -110,6 +110,9 @@ __global__ void __launch_bounds__(Cfg::THREADS) __maxnreg__(Cfg::MAX_REGISTERS)
   if constexpr (Cfg::Q_IN_REGISTERS) load_q_fragments<Cfg>(smem, mtile, slice, qf);
   __syncwarp();
   if (lane == 0) mbar_arrive(bars.q_free);  // the staging area may now take KV panels
+  // Q staged over the S partials and P (a ring of two tiles): every warp has copied its Q out
+  // before any writes its first partial.
+  if constexpr (Cfg::Q_OVER_SCRATCH) named_barrier_sync(BARRIER_CONSUMERS, Cfg::CONSUMER_THREADS);
 
   const uint32_t kv_smem = smem_addr(smem + Cfg::OFF_KV);
   const int pv_panel0 = slice * Cfg::V_COLS_PER_WARP / PANEL_CHANNELS;

@@ -29,10 +29,10 @@ from dataclasses import dataclass
 import torch
 
 from mla_plugin import build, configs, kernel_variants
-from mla_plugin.geometry import MAX_KV_SPLITS, V_DIM
+from mla_plugin.geometry import MAX_KV_SPLITS, SM12X_SMEM_PER_SM, SMEM_RESERVED_PER_CTA, V_DIM
 from mla_plugin.kernel_variants import DEFAULT_FP8_MATH, FP8_MATH_MMA, Variant
 
-SM90_RESERVED_SMEM_PER_CTA = 1024  # the driver keeps 1 KiB per CTA on sm_90+
+SM90_RESERVED_SMEM_PER_CTA = SMEM_RESERVED_PER_CTA  # the driver keeps 1 KiB per CTA on sm_90+
 SPLITS_ENV = "MLA_PLUGIN_SPLITS"
 ROWS_ENV = "MLA_PLUGIN_ROWS_PER_CTA"
 FP8_MATH_ENV = "MLA_PLUGIN_FP8_MATH"
@@ -83,33 +83,44 @@ class Plan:
     target_ctas: int
 
 
-MAX_CTAS_PER_SM = 2  # our CTAs use more than a third of any SM's shared memory
+# Registers: a 16-row CTA's 160 threads at <= 168 registers (config.cuh, MAX_REGISTERS) fit an SM's
+# 64K twice, never three times, even where shared memory would hold more (the 48 KiB FP8 16-row CTA
+# of the SM12x pair-ring build, csrc/README.md).
+MAX_CTAS_PER_SM = 2
 
 
 def ctas_per_sm(facts: DeviceFacts, smem_per_cta: int) -> int:
     return max(1, min(MAX_CTAS_PER_SM, facts.smem_per_sm // (smem_per_cta + SM90_RESERVED_SMEM_PER_CTA)))
 
 
+def sm12x_facts(facts: DeviceFacts) -> DeviceFacts:
+    """facts with an SM12x SM's shared memory (100 KiB): the residency that the emulation plans for."""
+    return DeviceFacts(facts.name, facts.sm_count, SM12X_SMEM_PER_SM)
+
+
 def plan_launch(batch: int, rows_per_request: int, facts: DeviceFacts, smem_per_cta_of, tuning: dict,
-                max_seq_len: int | None, one_cta_per_sm: bool = False) -> Plan:
+                max_seq_len: int | None, sm12x_residency: bool = False) -> Plan:
     """Rows per CTA and the split count. Splits only when batch x row tiles underfills the GPU,
     and never into splits shorter than min_tokens_per_split (when max_seq_len is known).
 
     The split count is an upper bound: the kernel gives each split at least
     min_tokens_per_split of the request's real length at run time, so a plan made for a
     larger max_seq_len (vLLM captures its CUDA graphs at max_model_len) does the same work
-    on short requests; its extra splits find no tokens and exit before any load."""
+    on short requests; its extra splits find no tokens and exit before any load.
+
+    sm12x_residency (the bench's emulation): CTAs per SM as an SM12x SM's shared memory holds them."""
     # Rows per CTA: 16, or 32 where a 16-row CTA is alone on its SM. Two 16-row CTAs (10 warps)
     # beat one 32-row CTA (9 warps) on a Hopper SM: H200 2026-12-01, B64 H64 ctx4k 300 vs 346 us
     # (bf16), 312 vs 359 us (fp8). With one CTA per SM, as on SM12x (emulated on the H200: the
     # bench's --sm12x-residency), 32 rows read each KV tile for twice the rows: B64 H64 ctx4k
     # bf16 297 vs 519 us, B64 H128 587 vs 1035.
     narrow, wide = ROWS_PER_CTA_CHOICES[0], ROWS_PER_CTA_CHOICES[-1]
-    narrow_alone = one_cta_per_sm or ctas_per_sm(facts, smem_per_cta_of(narrow)) == 1
+    resident = sm12x_facts(facts) if sm12x_residency else facts
+    narrow_alone = ctas_per_sm(resident, smem_per_cta_of(narrow)) == 1
     rows_per_cta = forced_rows_per_cta() or (wide if rows_per_request > narrow and narrow_alone else narrow)
     row_tiles = math.ceil(rows_per_request / rows_per_cta)
     ctas = max(1, batch * row_tiles)
-    per_sm = 1 if one_cta_per_sm else ctas_per_sm(facts, smem_per_cta_of(rows_per_cta))
+    per_sm = ctas_per_sm(resident, smem_per_cta_of(rows_per_cta))
     target = math.ceil(tuning["waves"] * facts.sm_count * per_sm)
     # floor: a split grid just over one wave leaves a second, mostly idle wave.
     splits = max(1, target // ctas)
@@ -173,7 +184,8 @@ def resolve_fp8_math(value: str | None = None) -> str:
 
 
 def sm12x_residency() -> bool:
-    """MLA_PLUGIN_SM12X_RESIDENCY=1: launch as if on SM12x, one CTA per SM (bench emulation)."""
+    """MLA_PLUGIN_SM12X_RESIDENCY=1: launch as if on SM12x, as many CTAs per SM as its 100 KiB of
+    shared memory holds (bench emulation)."""
     value = os.environ.get(SM12X_RESIDENCY_ENV, "")
     if value not in ("", "0", "1"):
         raise ValueError(f"{SM12X_RESIDENCY_ENV}: expected 0 or 1, got {value!r}")
@@ -181,13 +193,15 @@ def sm12x_residency() -> bool:
 
 
 def residency_smem_bytes(facts: DeviceFacts, smem_per_cta: int) -> int:
-    """Dynamic shared memory to request so that at most one CTA is resident per SM: on a GPU
-    whose SM fits two of our CTAs (Hopper: 228 KiB), just over half the SM; the CTA uses only
-    its own smem_per_cta of it. Unchanged where one CTA already fills the SM."""
-    if ctas_per_sm(facts, smem_per_cta) <= 1:
+    """Dynamic shared memory to request so that no more CTAs are resident per SM than on SM12x
+    (100 KiB per SM: one of our default 86-99 KiB CTAs, two of at most 49 KiB): on a GPU
+    whose SM fits more (Hopper: 228 KiB holds two 99 KiB CTAs), just over 1 / (SM12x's + 1) of
+    the SM; the CTA uses only its own smem_per_cta of it. Unchanged where SM12x fits as many."""
+    target = ctas_per_sm(sm12x_facts(facts), smem_per_cta)
+    if ctas_per_sm(facts, smem_per_cta) <= target:
         return smem_per_cta
-    half = facts.smem_per_sm // 2 - SM90_RESERVED_SMEM_PER_CTA
-    return (half // 16 + 1) * 16  # two of these and their reserves exceed the SM
+    share = facts.smem_per_sm // (target + 1) - SM90_RESERVED_SMEM_PER_CTA
+    return (share // 16 + 1) * 16  # target + 1 of these and their reserves exceed the SM
 
 
 def forced_rows_per_cta() -> int | None:
@@ -237,7 +251,7 @@ class LaunchShape:
     split_cap: int | None  # ceil(max_seq_len / min_tokens_per_split), or None when unknown
     forced_splits: int | None
     forced_rows: int | None
-    one_cta_per_sm: bool  # MLA_PLUGIN_SM12X_RESIDENCY
+    sm12x_residency: bool  # MLA_PLUGIN_SM12X_RESIDENCY
 
 
 @dataclass(frozen=True)
@@ -279,13 +293,13 @@ def launch_plan(shape: LaunchShape) -> LaunchPlan:
 
     max_seq_len = None if shape.split_cap is None else shape.split_cap * int(tuning["min_tokens_per_split"])
     plan = plan_launch(shape.batch, shape.rows_per_request, facts, smem_of, tuning, max_seq_len,
-                       shape.one_cta_per_sm)
+                       shape.sm12x_residency)
     variant = kernel_variants.find(shape.kv, shape.q, shape.out, shape.mma, plan.rows_per_cta)
     if variant is None:
         raise ValueError(f"mla_plugin: no compiled kernel for kv={shape.kv} q={shape.q} out={shape.out} "
                          f"mma={shape.mma} rows_per_cta={plan.rows_per_cta} (csrc/variants.def lists them)")
     smem = smem_of(plan.rows_per_cta)
-    if shape.one_cta_per_sm:
+    if shape.sm12x_residency:
         smem = residency_smem_bytes(facts, smem)
     tokens_per_tile = ext.tokens_per_tile(shape.kv, shape.q, shape.out, shape.mma, plan.rows_per_cta)
     # A forced split count (tune's sweeps) is taken as it is: one tile per split at least.

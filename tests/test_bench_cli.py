@@ -280,7 +280,7 @@ def test_sm12x_residency_run_states_the_emulation_and_sets_the_variable_for_ours
     out = capsys.readouterr().out
     assert seen == {"ours": {"1"}, "triton": {None}} and variable not in os.environ
     assert "This emulates residency only: not SM12x clocks, SM count or GDDR7 memory bandwidth." in out
-    assert "this GPU fits 2 CTAs of 101376 B per SM natively, and such a CTA then requests" in out
+    assert "this GPU fits 2 CTAs of 101376 B per SM natively, SM12x 1, and such a CTA then requests" in out
     assert "WARNING" not in out  # this tree's dispatch reads the variable
     assert "eager uniform sm12x-residency" in out and "graph uniform sm12x-residency" in out
     report = _report(tmp_path)

@@ -86,6 +86,9 @@ def test_describe_says_what_is_emulated_and_what_is_not(monkeypatch):
         assert word in d["statement"]
     assert residency.describe(None)["native_ctas_per_sm_at_budget"] is None
     assert d["smem_requested_at_budget"] is None  # this fake dispatch cannot say
+    # the FP8 16-row CTA of the SM12x pair-ring build (48936 B): two per SM12x SM, four by Hopper's shared memory
+    pair = residency.describe(228 * 1024, smem_per_cta=48936)
+    assert pair["emulated_ctas_per_sm"] == 2 and pair["native_ctas_per_sm_at_budget"] == 4
 
 
 def test_the_real_dispatch_names_the_variable_and_the_request():

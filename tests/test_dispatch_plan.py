@@ -30,7 +30,7 @@ def test_rows_per_cta_32_where_a_cta_is_alone_on_its_sm():
     assert plan(4, 16, facts=RTX5090).rows_per_cta == 16  # one m-tile: nothing to share
     assert plan(4, 20, facts=RTX5090).rows_per_cta == 32 and plan(4, 20, facts=RTX5090).row_tiles == 1
     assert plan(4, 128, facts=RTX5090).rows_per_cta == 32 and plan(4, 128, facts=RTX5090).row_tiles == 4
-    emulated = dispatch.plan_launch(4, 64, H100, smem_95k, TUNING, None, one_cta_per_sm=True)
+    emulated = dispatch.plan_launch(4, 64, H100, smem_95k, TUNING, None, sm12x_residency=True)
     assert emulated.rows_per_cta == 32 and emulated.row_tiles == 2
 
 
@@ -56,7 +56,7 @@ def test_split_caps_max_splits_and_min_tokens_per_split():
     assert plan(1, 16, max_seq_len=100).num_splits == 1
 
 
-def test_one_cta_per_sm_gpu_plans_for_its_own_sm_count():
+def test_sm12x_gpu_plans_for_its_own_sm_count():
     assert plan(32, 16, facts=RTX5090).target_ctas == 170
     assert plan(32, 16, facts=RTX5090).num_splits == 5
 
@@ -104,8 +104,8 @@ def test_residency_smem_leaves_room_for_one_cta_only():
     assert dispatch.residency_smem_bytes(RTX5090, smem) == smem  # SM12x: one CTA per SM already
 
 
-def test_one_cta_per_sm_plan_targets_one_cta_per_sm():
-    p = dispatch.plan_launch(32, 16, H100, smem_95k, TUNING, None, one_cta_per_sm=True)
+def test_emulated_sm12x_residency_plans_one_99k_cta_per_sm():
+    p = dispatch.plan_launch(32, 16, H100, smem_95k, TUNING, None, sm12x_residency=True)
     assert p.target_ctas == 132 and p.num_splits == 4
 
 
@@ -118,3 +118,31 @@ def test_workspace_covers_every_split_grid_the_plan_makes():
                 p = dispatch.plan_launch(batch, heads * q_len, H100, smem_95k, tuning, None)
                 if p.num_splits > 1:
                     assert batch * p.row_tiles * p.num_splits * p.rows_per_cta <= rows
+
+
+def fp8_smem(rows: int) -> int:
+    """The FP8-cache kernel's shared memory on 16-bit MMAs in the SM12x pair-ring build
+    (MLA_SM12X_PAIR_RING=1, csrc/config.cuh): 16 rows with a ring of two tiles (two CTAs per
+    SM12x SM), 32 rows with four."""
+    return {16: 48936, 32: 97864}[rows]
+
+
+def test_fp8_16_row_ctas_pair_up_on_sm12x():
+    assert dispatch.ctas_per_sm(RTX5090, fp8_smem(16)) == 2
+    assert dispatch.ctas_per_sm(RTX5090, fp8_smem(32)) == 1
+    # 51201 B would leave two CTAs and their reserves over 100 KiB
+    assert dispatch.ctas_per_sm(RTX5090, 100 * 1024 // 2 - 1024) == 2
+    assert dispatch.ctas_per_sm(RTX5090, 100 * 1024 // 2 - 1024 + 1) == 1
+    p = dispatch.plan_launch(32, 16, RTX5090, fp8_smem, TUNING, None)
+    assert p.rows_per_cta == 16 and p.target_ctas == 340 and p.num_splits == 10
+    # Two 16-row CTAs per SM: H64 stays on 16-row tiles, as on Hopper
+    assert dispatch.plan_launch(4, 64, RTX5090, fp8_smem, TUNING, None).rows_per_cta == 16
+
+
+def test_emulated_sm12x_residency_keeps_the_pairs_that_sm12x_holds():
+    assert dispatch.residency_smem_bytes(H100, fp8_smem(16)) == fp8_smem(16)  # two per SM either way
+    p = dispatch.plan_launch(32, 16, H100, fp8_smem, TUNING, None, sm12x_residency=True)
+    assert p.rows_per_cta == 16 and p.target_ctas == 264 and p.num_splits == 8
+    assert dispatch.plan_launch(4, 64, H100, fp8_smem, TUNING, None, sm12x_residency=True).rows_per_cta == 16
+    reserve = dispatch.residency_smem_bytes(H100, fp8_smem(32))
+    assert dispatch.ctas_per_sm(H100, reserve) == 1 and reserve + 1024 <= H100.smem_per_sm

@@ -63,7 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     conditions.add_argument("--max-model-len", type=int, default=bench_modes.DEFAULT_MAX_MODEL_LEN,
                             help=f"graph mode's planning length (default {bench_modes.DEFAULT_MAX_MODEL_LEN})")
     conditions.add_argument("--sm12x-residency", action="store_true",
-                            help="run our kernel with at most one CTA per SM, as on SM12x (an emulation of "
+                            help="run our kernel with no more CTAs per SM than SM12x holds (an emulation of "
                                  "residency only: not of clocks, SM count or GDDR7); TRITON_MLA unchanged")
     timing = parser.add_argument_group("timing")
     timing.add_argument("--reps", type=int, default=DEFAULT_REPS,
@@ -261,7 +261,8 @@ def _print_preamble(info, copy, mma, sources, method, shapes, conditions) -> Non
         native = residency["native_ctas_per_sm_at_budget"]
         requested = residency["smem_requested_at_budget"]
         print(f"residency: {residency['statement']} Via {residency['env']}=1 around our calls; this GPU fits "
-              f"{native if native is not None else '?'} CTAs of {residency['smem_per_cta_budget']} B per SM natively"
+              f"{native if native is not None else '?'} CTAs of {residency['smem_per_cta_budget']} B per SM natively, "
+              f"SM12x {residency['emulated_ctas_per_sm']}"
               + (f", and such a CTA then requests {requested} B." if requested else "."))
         if not residency["dispatch_defines_env"]:
             print(f"residency: WARNING: mla_plugin.dispatch does not define SM12X_RESIDENCY_ENV in this tree; "

@@ -1,10 +1,13 @@
-"""--sm12x-residency: run our kernel as if one of its CTAs were alone on each SM, as on SM12x.
+"""--sm12x-residency: run our kernel with as many CTAs per SM as SM12x holds.
 
-An SM12x GPU has about 100 KiB of shared memory per SM and our CTA uses up to
-geometry.SMEM_BUDGET_BYTES (99 KiB): one CTA per SM. Hopper has 228 KiB per SM and fits two,
-so a Hopper run overstates what SM12x can overlap. The kernel side emulates SM12x's
-residency: when the environment variable below is "1" at launch, dispatch reserves extra
-dynamic shared memory so that one CTA fills an SM's shared memory. The bench sets it around
+An SM12x GPU has geometry.SM12X_SMEM_PER_SM (100 KiB) of shared memory per SM: one CTA at our
+budget (geometry.SMEM_BUDGET_BYTES, 99 KiB; the default kernels use 86-99 KiB), two of at most
+49 KiB (the FP8 16-row CTA of the SM12x pair-ring build, csrc/README.md). Hopper has 228 KiB per
+SM and fits two of either, so a Hopper run overstates what SM12x can overlap for the larger
+CTAs. The kernel side emulates SM12x's residency: when the environment variable
+below is "1" at launch, dispatch plans for an SM12x SM's shared memory and, where Hopper would
+fit more CTAs than SM12x, reserves extra dynamic shared memory so that it fits no more
+(dispatch.residency_smem_bytes). The bench sets it around
 our calls only (never TRITON_MLA's: the baseline runs as it would on this GPU), restores it
 afterwards, and says in every output that residency, and only residency, was emulated.
 
@@ -24,10 +27,10 @@ from mla_plugin import geometry
 # mla_plugin.dispatch.SM12X_RESIDENCY_ENV is the name (env_name() reads it); this copy only
 # keeps the bench's option working where dispatch cannot be imported.
 FALLBACK_ENV = "MLA_PLUGIN_SM12X_RESIDENCY"
-FALLBACK_RESERVED_SMEM_PER_CTA = 1024  # dispatch.SM90_RESERVED_SMEM_PER_CTA, when dispatch imports
+FALLBACK_RESERVED_SMEM_PER_CTA = geometry.SMEM_RESERVED_PER_CTA  # where dispatch cannot be imported
 
-STATEMENT = ("SM12x residency emulated for our kernel only (at most one of its CTAs per SM, by reserving "
-             "shared memory; TRITON_MLA runs unchanged). This emulates residency only: not SM12x clocks, "
+STATEMENT = ("SM12x residency emulated for our kernel only (no more of its CTAs per SM than SM12x's 100 KiB "
+             "holds, by reserving shared memory; TRITON_MLA runs unchanged). This emulates residency only: not SM12x clocks, "
              "SM count or GDDR7 memory bandwidth.")
 
 
@@ -115,8 +118,8 @@ def requested_smem(smem_per_sm: int | None, smem_per_cta: int, sm_count: int = 1
 def describe(smem_per_sm: int | None, smem_per_cta: int = geometry.SMEM_BUDGET_BYTES, sm_count: int = 1,
              name: str = "?") -> dict:
     """What the emulation changes on this GPU, for the report: how many of our largest CTAs
-    (the kernel's budget) fit per SM natively, 1 under emulation, and the shared memory
-    dispatch then requests for such a CTA."""
+    (the kernel's budget) fit per SM natively and on SM12x, and the shared memory dispatch then
+    requests for such a CTA."""
     native = ctas_per_sm(smem_per_sm, smem_per_cta) if smem_per_sm else None
     return {
         "emulated": True,
@@ -125,7 +128,7 @@ def describe(smem_per_sm: int | None, smem_per_cta: int = geometry.SMEM_BUDGET_B
         "smem_per_sm": smem_per_sm,
         "smem_per_cta_budget": smem_per_cta,
         "native_ctas_per_sm_at_budget": native,
-        "emulated_ctas_per_sm": 1,
+        "emulated_ctas_per_sm": ctas_per_sm(geometry.SM12X_SMEM_PER_SM, smem_per_cta),
         "smem_requested_at_budget": requested_smem(smem_per_sm, smem_per_cta, sm_count, name),
         "statement": STATEMENT,
     }

@@ -4,7 +4,10 @@ median of REPS; optionally the per-kernel split of the step (torch.profiler). Im
 and the mla_plugin found on sys.path, so the same script times another checkout
 (PYTHONPATH=other/tree python3 scripts/ab_timing.py ...).
 
-  python3 scripts/ab_timing.py --tag new --shapes small [--kernels] [--env K=V ...] > out.csv
+  python3 scripts/ab_timing.py --tag new --shapes small [--kernels] > out.csv
+
+Another build or launch mode is timed by the environment the script starts in, e.g.
+MLA_PLUGIN_NVCC_DEFINES=... (a build under its own cache key) or MLA_PLUGIN_SM12X_RESIDENCY=1.
 """
 
 import argparse
